@@ -78,19 +78,18 @@ def _moments(x, axes, weights=None):
 
 
 def _normalize(x, mean, variance, gamma, beta, epsilon):
-    """Returns `gamma * (x - mean) / sqrt(variance + epsilon) + beta` as one fused expression.
+    """Returns `gamma * (x - mean) / sqrt(variance + epsilon) + beta`; `gamma`, `beta` may be `None`.
 
-    The per-channel factors are folded first, so the full-size tensor sees one
-    multiply and one add: `x * inv + (beta - mean * inv)` with
-    `inv = gamma / sqrt(variance + epsilon)`. `gamma` and `beta` may be `None`.
+    The per-channel factor `gamma / sqrt(variance + epsilon)` is formed first, so
+    the full-size tensor sees one subtract, one multiply and one add. Centering
+    before scaling keeps the digits that `x * inv - mean * inv` (the form
+    `tf.nn.batch_normalization` uses) cancels away when |mean| >> std.
     """
     inv = ops.rsqrt(variance + epsilon)
     if gamma is not None:
         inv = inv * gamma
-    shift = -mean * inv
-    if beta is not None:
-        shift = shift + beta
-    return x * inv + shift
+    outputs = (x - mean) * inv
+    return outputs if beta is None else outputs + beta
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
@@ -340,25 +339,22 @@ class ManualBatchNorm(keras.layers.Layer):
     def _mask_weights(self, mask, inputs):
         """Returns the mask as 0/1 weights broadcastable to `inputs`, checking its shape."""
         rank = len(inputs.shape)
-        mask_rank = len(mask.shape)
-        if mask_rank == rank - 1 and len(self._channel_axes_resolved) == 1:
+        received = (
+            f"Received: mask.shape={tuple(mask.shape)} for inputs.shape="
+            f"{tuple(inputs.shape)} and axis={self.axis!r}"
+        )
+        if len(mask.shape) == rank - 1 and len(self._channel_axes_resolved) == 1:
             # A mask over every axis but the channel one: put the channel axis
             # back where it belongs (not always last, unlike Keras's layer).
             mask = ops.expand_dims(mask, axis=self._channel_axes_resolved[0])
-        elif mask_rank != rank:
+        elif len(mask.shape) != rank:
             raise ValueError(
-                "`mask` must have the input's shape without `axis`, or the input's "
-                "rank with size 1 along `axis`. Received: "
-                f"mask.shape={tuple(mask.shape)} for inputs.shape="
-                f"{tuple(inputs.shape)} and axis={self.axis!r}"
+                "`mask` must have the input's shape without `axis`, or the "
+                f"input's rank with size 1 along `axis`. {received}"
             )
         for m, x in zip(mask.shape, inputs.shape):
             if m is not None and x is not None and m not in (1, x):
-                raise ValueError(
-                    "`mask` does not broadcast against the input. Received: "
-                    f"mask.shape={tuple(mask.shape)} for inputs.shape="
-                    f"{tuple(inputs.shape)} and axis={self.axis!r}"
-                )
+                raise ValueError(f"`mask` does not broadcast against the input. {received}")
         return ops.cast(mask, inputs.dtype)
 
     def call(self, inputs, training=None, mask=None):

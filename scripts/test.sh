@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment with every backend and runs the whole test suite.
+#
+#   bash scripts/test.sh            # from the repository root, on a fresh machine
+#
+# The layer's tests run once per Keras backend (TensorFlow, JAX, PyTorch), each in
+# its own process, because Keras picks its backend once per process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${KERAS_BN_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+"$PY" -m pip install --quiet --upgrade pip
+# torch is pinned to the CPU build these machines keep on local disk; any other
+# version is a multi-GB CUDA download.
+"$PY" -m pip install --quiet "torch==2.13.0"
+"$PY" -m pip install --quiet -e ".[tensorflow,jax,torch,test,docs]"
+
+# The real MNIST, when the shared dataset folder is beside the checkout.
+if [ -z "${KERAS_BN_MNIST_DIR:-}" ] && [ -d ../shared/datasets/mnist ]; then
+    export KERAS_BN_MNIST_DIR="$(cd ../shared/datasets/mnist && pwd)"
+fi
+echo "KERAS_BN_MNIST_DIR=${KERAS_BN_MNIST_DIR:-<unset: MNIST tests will be skipped>}"
+
+export TF_CPP_MIN_LOG_LEVEL=2
+# Tests that run on every backend (the layer and its maths).
+BACKEND_TESTS=(tests/test_batch_norm.py)
+
+echo "== full suite, TensorFlow backend"
+KERAS_BACKEND=tensorflow "$PY" -m pytest -q -rs --doctest-modules keras_bn tests
+for backend in jax torch; do
+    echo "== layer tests, $backend backend"
+    KERAS_BACKEND=$backend "$PY" -m pytest -q -rs "${BACKEND_TESTS[@]}"
+done

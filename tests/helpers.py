@@ -1,0 +1,135 @@
+"""Shared test helpers: the layer contract, gradients on every backend, and a NumPy BN."""
+
+import numpy as np
+
+import keras
+
+
+def to_numpy(x):
+    """Returns a backend tensor or variable as a NumPy array."""
+    if isinstance(x, keras.Variable):
+        x = x.value
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def input_and_weight_grads(layer, x, upstream):
+    """Returns d sum(layer(x, training=True) * upstream) w.r.t. x and the trainable weights.
+
+    Each backend's own autodiff is used, so this checks what Keras training
+    would really see. On TensorFlow and PyTorch the call also updates the
+    layer's moving statistics, as a training step would; on JAX the call is
+    stateless and leaves them alone.
+    """
+    backend = keras.backend.backend()
+    upstream = np.asarray(upstream, dtype="float32")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(layer(xt, training=True) * upstream)
+        grads = tape.gradient(loss, [xt] + [v.value for v in layer.trainable_variables])
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        trainable = [v.value for v in layer.trainable_variables]
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def loss_fn(x, trainable):
+            out, _ = layer.stateless_call(trainable, frozen, x, training=True)
+            return jnp.sum(out * upstream)
+
+        gx, gw = jax.grad(loss_fn, argnums=(0, 1))(jnp.asarray(x), trainable)
+        grads = [gx, *gw]
+    elif backend == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        out = layer(xt, training=True)
+        loss = (out * torch.as_tensor(upstream)).sum()
+        grads = torch.autograd.grad(
+            loss, [xt] + [v.value for v in layer.trainable_variables]
+        )
+    else:  # pragma: no cover - the suite runs on the three backends above.
+        raise NotImplementedError(backend)
+    return [np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
+
+
+def numpy_batch_norm(x, axes, state, *, momentum, epsilon, training, mask=None):
+    """Batch normalization in float64 NumPy, written from the paper.
+
+    `axes` are the channel axes; `state` is a dict with `gamma`, `beta`,
+    `moving_mean` and `moving_variance` shaped like the channel axes, updated in
+    place when training. `mask`, if given, is a bool array broadcastable to `x`.
+    Returns the output in float64.
+    """
+    x = x.astype("float64")
+    rank = x.ndim
+    axes = tuple(sorted(a % rank for a in axes))
+    reduce = tuple(i for i in range(rank) if i not in axes)
+    bshape = [x.shape[i] if i in axes else 1 for i in range(rank)]
+
+    def b(name):
+        return state[name].astype("float64").reshape(bshape)
+
+    if training:
+        if mask is None:
+            mean = x.mean(axis=reduce, keepdims=True)
+            var = ((x - mean) ** 2).mean(axis=reduce, keepdims=True)
+        else:
+            w = np.broadcast_to(mask, x.shape).astype("float64")
+            n = w.sum(axis=reduce, keepdims=True)
+            mean = (x * w).sum(axis=reduce, keepdims=True) / np.maximum(n, 1)
+            var = (((x - mean) ** 2) * w).sum(axis=reduce, keepdims=True) / np.maximum(n, 1)
+            mean = np.where(n > 0, mean, b("moving_mean"))
+            var = np.where(n > 0, var, b("moving_variance"))
+        for name, stat in (("moving_mean", mean), ("moving_variance", var)):
+            state[name] = (b(name) * momentum + stat * (1 - momentum)).reshape(
+                state[name].shape
+            )
+    else:
+        mean, var = b("moving_mean"), b("moving_variance")
+    return (x - mean) / np.sqrt(var + epsilon) * b("gamma") + b("beta")
+
+
+def check_layer_contract(layer_cls, init_kwargs, input_shape, tmp_path):
+    """Checks what every Keras layer owes its users, in the spirit of Keras's `run_layer_test`.
+
+    Config round trip, a symbolic and an eager call, one `fit` step that moves the
+    weights, mixed precision, and a `.keras` save/load that predicts the same.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=input_shape).astype("float32")
+
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    clone = layer_cls.from_config(config)
+    assert clone.get_config() == config
+
+    symbolic = layer_cls(**init_kwargs)(keras.Input(batch_shape=input_shape))
+    assert tuple(symbolic.shape) == tuple(input_shape)
+    eager = layer_cls(**init_kwargs)(x, training=True)
+    assert tuple(eager.shape) == tuple(input_shape)
+
+    inputs = keras.Input(shape=input_shape[1:])
+    outputs = layer_cls(**init_kwargs)(inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [to_numpy(w).copy() for w in model.weights]
+    model.fit(x, np.zeros_like(x), batch_size=input_shape[0], epochs=1, verbose=0)
+    after = [to_numpy(w) for w in model.weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after)), "fit moved nothing"
+
+    path = tmp_path / "contract.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        to_numpy(loaded(x, training=False)), to_numpy(model(x, training=False)), rtol=0, atol=0
+    )
+
+    mixed = layer_cls(**init_kwargs, dtype="mixed_float16")
+    y = mixed(x.astype("float16"), training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
