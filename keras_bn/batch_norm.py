@@ -52,29 +52,76 @@ def _normalize_axis_arg(axis):
     return as_int(axis)
 
 
-def _moments(x, axes, weights=None):
-    """Returns the mean and biased variance of `x` over `axes`, keeping dims.
+def _count_along(x, axes):
+    """Returns how many elements of `x` each reduction over `axes` sees, as a Python int if static."""
+    count = 1
+    shape = ops.shape(x)
+    for a in axes:
+        count = count * shape[a]
+    return count
 
-    With `weights` (0/1, broadcastable to `x`), positions whose weight is 0 are
-    left out, and the third return value is the per-channel count of the
-    positions that were kept; without weights it is `None`.
+
+def _moments(x, axes, weights=None, all_reduce=None):
+    """Returns the mean, the biased variance and the count of `x` over `axes`, keeping dims.
+
+    `weights` (0/1, broadcastable to `x`) leaves out the positions where it is 0;
+    `all_reduce` (a function summing a tensor over replicas) makes the statistics
+    those of the global batch. Both use the same two passes: sums and counts give
+    the mean, then summed squared deviations from it give the variance, which keeps
+    every digit a one-pass `E[x^2] - E[x]^2` loses when |mean| >> std.
+
+    The count is a Python number when it is static, else a tensor shaped like
+    the statistics.
     """
-    if weights is None:
+    if weights is None and all_reduce is None:
         mean = ops.mean(x, axis=axes, keepdims=True)
-        # Two-pass variance: E[(x - mean)^2] rather than E[x^2] - mean^2, which
-        # loses every digit when |mean| >> std (e.g. a channel of raw pixels).
         variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-        return mean, variance, None
-    weights = ops.broadcast_to(ops.cast(weights, x.dtype), ops.shape(x))
-    count = ops.sum(weights, axis=axes, keepdims=True)
-    # A channel with no kept position would divide by zero; dividing by 1
-    # instead gives 0/1 there, and the caller replaces those channels.
+        return mean, variance, _count_along(x, axes)
+    reduce = all_reduce or (lambda t: t)
+    if weights is None:
+        total = ops.sum(x, axis=axes, keepdims=True)
+        count = ops.ones_like(total) * ops.cast(_count_along(x, axes), x.dtype)
+    else:
+        weights = ops.broadcast_to(ops.cast(weights, x.dtype), ops.shape(x))
+        total = ops.sum(x * weights, axis=axes, keepdims=True)
+        count = ops.sum(weights, axis=axes, keepdims=True)
+    total, count = reduce(total), reduce(count)
+    # A channel with nothing counted would divide by zero; dividing by 1 gives
+    # 0 there instead, and the caller replaces those channels.
     safe_count = ops.maximum(count, 1.0)
-    mean = ops.sum(x * weights, axis=axes, keepdims=True) / safe_count
-    variance = (
-        ops.sum(ops.square(x - mean) * weights, axis=axes, keepdims=True) / safe_count
-    )
+    mean = total / safe_count
+    squares = ops.square(x - mean)
+    if weights is not None:
+        squares = squares * weights
+    variance = reduce(ops.sum(squares, axis=axes, keepdims=True)) / safe_count
     return mean, variance, count
+
+
+def _replica_sum():
+    """Returns a function summing a tensor over the replicas of the current distributed run, or `None`.
+
+    TensorFlow: the replica context of a `tf.distribute` strategy. PyTorch: an
+    initialized `torch.distributed` process group (differentiable all-reduce).
+    JAX needs none: under `keras.distribution.DataParallel` a batch is one global
+    array sharded over the devices, so a plain mean is already the global mean.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync <= 1:
+            return None
+        return lambda t: context.all_reduce(tf.distribute.ReduceOp.SUM, t)
+    if backend == "torch":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return None
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce
+    return None
 
 
 def _normalize(x, mean, variance, gamma, beta, epsilon):
@@ -90,6 +137,58 @@ def _normalize(x, mean, variance, gamma, beta, epsilon):
         inv = inv * gamma
     outputs = (x - mean) * inv
     return outputs if beta is None else outputs + beta
+
+
+def _check_renorm_clipping(renorm_clipping):
+    """Validates `renorm_clipping` and returns it as a plain dict of floats."""
+    if renorm_clipping is None:
+        return None
+    if not isinstance(renorm_clipping, dict):
+        raise TypeError(
+            "`renorm_clipping` must be a dict with keys among 'rmax', 'rmin', 'dmax', "
+            f"or None. Received: renorm_clipping={renorm_clipping!r}"
+        )
+    unknown = sorted(set(renorm_clipping) - {"rmax", "rmin", "dmax"})
+    if unknown:
+        raise ValueError(
+            "`renorm_clipping` accepts only the keys 'rmax', 'rmin' and 'dmax'. "
+            f"Received: renorm_clipping={renorm_clipping!r} (unknown: {unknown})"
+        )
+    clipping = {
+        k: None if v is None else _as_float(f"renorm_clipping['{k}']", v)
+        for k, v in renorm_clipping.items()
+    }
+    rmin, rmax, dmax = (clipping.get(k) for k in ("rmin", "rmax", "dmax"))
+    if rmin is not None and rmin < 0:
+        raise ValueError(
+            "`renorm_clipping['rmin']` must be >= 0: r is a ratio of standard "
+            f"deviations. Received: renorm_clipping={renorm_clipping!r}"
+        )
+    if rmin is not None and rmax is not None and rmax < rmin:
+        raise ValueError(
+            "`renorm_clipping['rmax']` must be >= `renorm_clipping['rmin']`. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
+        )
+    if dmax is not None and dmax < 0:
+        raise ValueError(
+            "`renorm_clipping['dmax']` must be >= 0: d is clipped to [-dmax, dmax]. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
+        )
+    return clipping
+
+
+def _check_momentum(name, value, *, allow_none):
+    """Returns `value` as a float in [0, 1) (or `None` where allowed), else raises naming `name`."""
+    if value is None and allow_none:
+        return None
+    momentum = _as_float(name, value)
+    if not 0.0 <= momentum < 1.0:
+        extra = " or None (a cumulative average)" if allow_none else ""
+        raise ValueError(
+            f"`{name}` must be in [0, 1){extra}: it is the weight of the old value "
+            f"in the moving averages. Received: {name}={value!r}"
+        )
+    return momentum
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
@@ -116,12 +215,22 @@ class ManualBatchNorm(keras.layers.Layer):
     Gradients flow through `mean_B` and `var_B`, as in the paper. The four
     weights have the names Keras uses, `gamma`, `beta`, `moving_mean` and
     `moving_variance`, and the same shapes, so weights move freely between
-    this layer and `keras.layers.BatchNormalization`.
+    this layer and `keras.layers.BatchNormalization`. With the default
+    arguments the layer computes what Keras's layer computes.
 
     Inputs in float16 or bfloat16 are normalized in float32 and the result is
     cast to the layer's compute dtype; the weights are always float32, so
     `mixed_float16` training neither overflows on large activations nor loses
     the small moving-average increments.
+
+    A batch whose statistics are not finite (NaN or Inf in the input) leaves the
+    moving statistics of the channels it touches unchanged: its outputs are NaN,
+    as they must be, but one bad batch cannot poison every later inference.
+
+    Beyond Keras 3's layer, it offers what tf.keras and PyTorch had:
+    list-valued `axis`, ghost batches (`virtual_batch_size`), a cumulative
+    average (`momentum=None`), PyTorch's unbiased running variance
+    (`unbiased_variance`), and `synchronized` statistics on every backend.
 
     !!! warning "`trainable=False` means inference mode"
         As in Keras, a frozen layer (`layer.trainable = False`) always
@@ -129,12 +238,14 @@ class ManualBatchNorm(keras.layers.Layer):
         when called with `training=True`. This is what fine-tuning wants.
 
     Args:
-        axis: The channel axis (or a list/tuple of axes): one statistic is
-            kept per position along it, and every other axis is reduced.
-            Use `axis=1` after a `channels_first` convolution. Defaults to
-            `-1`.
-        momentum: Weight of the old value in the moving averages, in
-            `[0, 1)`. The notebook's `decay`. Defaults to `0.99`.
+        axis: The channel axis, or a list/tuple of axes: one statistic is kept
+            per position along them, and every other axis is reduced. Use
+            `axis=1` after a `channels_first` convolution. Defaults to `-1`.
+        momentum: Weight of the old value in the moving averages, in `[0, 1)`
+            (the notebook's `decay`), or `None` for a cumulative average over
+            all training batches seen so far, as PyTorch's `momentum=None`:
+            batch `n` enters with weight `1 / n`, counted by the extra weight
+            `num_batches_tracked`. Defaults to `0.99`.
         epsilon: Positive constant added to the variance before the square
             root. Defaults to `1e-3`.
         center: Whether to add the learned offset `beta`. Defaults to `True`.
@@ -151,6 +262,37 @@ class ManualBatchNorm(keras.layers.Layer):
             `None`.
         beta_constraint: Optional constraint for `beta`. Defaults to `None`.
         gamma_constraint: Optional constraint for `gamma`. Defaults to `None`.
+        synchronized: Whether training statistics are those of the global
+            batch across replicas: under a `tf.distribute` strategy by
+            all-reducing sums and counts, under an initialized
+            `torch.distributed` process group likewise. Under JAX with
+            `keras.distribution.DataParallel` the statistics are global either
+            way, since the batch is one sharded array. Outside a distributed
+            run it changes nothing. Defaults to `False`.
+        renorm: Whether to use Batch Renormalization (Ioffe, 2017), as Keras
+            3's layer does: in training the normalized value `x_hat` becomes
+            `x_hat * r + d` with `r = sigma_B / sigma_renorm` and
+            `d = (mean_B - mean_renorm) / sigma_renorm` (no gradient through
+            `r`, `d`), from extra moving averages `renorm_mean` and
+            `renorm_stddev`; `moving_variance` is then derived from a moving
+            standard deviation. Inference is unchanged. Defaults to `False`.
+        renorm_clipping: With `renorm`, a dict with optional keys `"rmax"`,
+            `"rmin"` and `"dmax"`: `r` is clipped to `[rmin, rmax]` and `d`
+            to `[-dmax, dmax]`; a missing key means no clipping on that side.
+            Defaults to `None`.
+        renorm_momentum: With `renorm`, the momentum of `renorm_mean` and
+            `renorm_stddev`, in `[0, 1)`. Defaults to `0.99`.
+        virtual_batch_size: Ghost Batch Normalization (Hoffer et al., 2017):
+            in training, the batch is split into consecutive groups of this
+            many samples (samples `0..v-1`, `v..2v-1`, ...), each normalized
+            with its own statistics, and the moving statistics are updated
+            with the mean of the groups' statistics, as tf.keras did. The
+            batch size must be a multiple of it. Inference is unchanged.
+            Defaults to `None` (one group: the whole batch).
+        unbiased_variance: Whether `moving_variance` is updated with the
+            unbiased batch variance `var_B * n / (n - 1)` (`n` values per
+            channel), as PyTorch does; normalization still uses the biased
+            `var_B`. Defaults to `False`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -171,11 +313,14 @@ class ManualBatchNorm(keras.layers.Layer):
         A tensor of the input's shape in the layer's compute dtype.
 
     Raises:
-        ValueError: `momentum` outside `[0, 1)`, `epsilon <= 0`, an `axis`
-            outside the input's rank or repeated, an unknown (`None`) size
-            along `axis`, or a mask of the wrong shape.
-        TypeError: `axis` that is not an int or a list of ints, `center` or
-            `scale` that is not a bool.
+        ValueError: `momentum` or `renorm_momentum` outside `[0, 1)`,
+            `epsilon <= 0`, a bad `renorm_clipping` or `virtual_batch_size`,
+            an `axis` outside the input's rank or repeated, an unknown
+            (`None`) size along `axis`, a batch that is not a multiple of
+            `virtual_batch_size`, a single value per channel with
+            `unbiased_variance`, or a mask of the wrong shape.
+        TypeError: an argument of the wrong type, e.g. `axis` that is not an
+            int or a list of ints, or `center` that is not a bool.
 
     Example:
 
@@ -197,6 +342,9 @@ class ManualBatchNorm(keras.layers.Layer):
         [Ioffe and Szegedy, 2015. Batch Normalization: Accelerating Deep
         Network Training by Reducing Internal Covariate
         Shift](https://arxiv.org/abs/1502.03167).
+        [Ioffe, 2017. Batch Renormalization](https://arxiv.org/abs/1702.03275).
+        [Hoffer, Hubara and Soudry, 2017. Train longer, generalize
+        better](https://arxiv.org/abs/1705.08741) (ghost batches).
     """
 
     def __init__(
@@ -214,22 +362,22 @@ class ManualBatchNorm(keras.layers.Layer):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
+        synchronized=False,
+        virtual_batch_size=None,
+        unbiased_variance=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.axis = _normalize_axis_arg(axis)
-        self.momentum = _as_float("momentum", momentum)
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(
-                "`momentum` must be in [0, 1): it is the weight of the old value "
-                f"in the moving averages. Received: momentum={momentum!r}"
-            )
+        self.momentum = _check_momentum("momentum", momentum, allow_none=True)
         self.epsilon = _as_float("epsilon", epsilon)
         if not 0.0 < self.epsilon < float("inf"):
             raise ValueError(
                 "`epsilon` must be > 0 and finite: it keeps the division away "
-                "from zero. "
-                f"Received: epsilon={epsilon!r}"
+                f"from zero. Received: epsilon={epsilon!r}"
             )
         self.center = _check_flag("center", center)
         self.scale = _check_flag("scale", scale)
@@ -243,6 +391,34 @@ class ManualBatchNorm(keras.layers.Layer):
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        self.renorm = _check_flag("renorm", renorm)
+        self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
+        if self.renorm_clipping is not None and not self.renorm:
+            raise ValueError(
+                "`renorm_clipping` only applies with `renorm=True`. Received: "
+                f"renorm_clipping={renorm_clipping!r} with renorm=False"
+            )
+        self.renorm_momentum = _check_momentum(
+            "renorm_momentum", renorm_momentum, allow_none=False
+        )
+        self.synchronized = _check_flag("synchronized", synchronized)
+        if virtual_batch_size is not None and (
+            isinstance(virtual_batch_size, bool)
+            or not isinstance(virtual_batch_size, int)
+            or virtual_batch_size < 1
+        ):
+            raise ValueError(
+                "`virtual_batch_size` must be a positive int (samples per ghost "
+                f"batch) or None. Received: virtual_batch_size={virtual_batch_size!r}"
+            )
+        if virtual_batch_size is not None and self.synchronized:
+            raise ValueError(
+                "`virtual_batch_size` and `synchronized=True` cannot be combined: "
+                "ghost batches are local by design. Received: "
+                f"virtual_batch_size={virtual_batch_size!r}, synchronized=True"
+            )
+        self.virtual_batch_size = virtual_batch_size
+        self.unbiased_variance = _check_flag("unbiased_variance", unbiased_variance)
         self.supports_masking = True
         self.gamma = None
         self.beta = None
@@ -264,6 +440,11 @@ class ManualBatchNorm(keras.layers.Layer):
             raise ValueError(
                 f"`axis` names the same axis twice for an input of rank {rank}. "
                 f"Received: axis={self.axis!r}"
+            )
+        if self.virtual_batch_size is not None and 0 in resolved:
+            raise ValueError(
+                "With `virtual_batch_size`, axis 0 is the batch axis and cannot be "
+                f"a channel axis. Received: axis={self.axis!r}"
             )
         return tuple(sorted(resolved))
 
@@ -291,10 +472,10 @@ class ManualBatchNorm(keras.layers.Layer):
             int(input_shape[i]) if i in axes else 1 for i in range(rank)
         )
 
-        def weight(name, initializer, trainable, **extra):
+        def weight(name, initializer, trainable=False, **extra):
             return self.add_weight(
                 name=name,
-                shape=param_shape,
+                shape=extra.pop("shape", param_shape),
                 initializer=initializer,
                 trainable=trainable,
                 # The statistics live in float32 even under mixed precision:
@@ -307,7 +488,7 @@ class ManualBatchNorm(keras.layers.Layer):
             self.gamma = weight(
                 "gamma",
                 self.gamma_initializer,
-                True,
+                trainable=True,
                 regularizer=self.gamma_regularizer,
                 constraint=self.gamma_constraint,
             )
@@ -315,14 +496,25 @@ class ManualBatchNorm(keras.layers.Layer):
             self.beta = weight(
                 "beta",
                 self.beta_initializer,
-                True,
+                trainable=True,
                 regularizer=self.beta_regularizer,
                 constraint=self.beta_constraint,
             )
-        self.moving_mean = weight("moving_mean", self.moving_mean_initializer, False)
-        self.moving_variance = weight(
-            "moving_variance", self.moving_variance_initializer, False
-        )
+        self.moving_mean = weight("moving_mean", self.moving_mean_initializer)
+        self.moving_variance = weight("moving_variance", self.moving_variance_initializer)
+        if self.renorm:
+            variance_init = self.moving_variance_initializer
+
+            def stddev_init(shape, dtype=None):
+                return ops.sqrt(variance_init(shape, dtype=dtype))
+
+            self.moving_stddev = weight("moving_stddev", stddev_init)
+            self.renorm_mean = weight("renorm_mean", self.moving_mean_initializer)
+            self.renorm_stddev = weight("renorm_stddev", stddev_init)
+        if self.momentum is None:
+            self.num_batches_tracked = weight(
+                "num_batches_tracked", "zeros", shape=(), dtype="int32"
+            )
         self.input_spec = keras.layers.InputSpec(
             ndim=rank, axes={a: int(input_shape[a]) for a in axes}
         )
@@ -331,10 +523,6 @@ class ManualBatchNorm(keras.layers.Layer):
         return input_shape
 
     # -- the forward pass -------------------------------------------------------
-
-    def _as_broadcast(self, value, dtype):
-        """Casts a per-channel weight to `dtype` and reshapes it to broadcast against the input."""
-        return ops.reshape(ops.cast(value, dtype), self._broadcast_shape)
 
     def _mask_weights(self, mask, inputs):
         """Returns the mask as 0/1 weights broadcastable to `inputs`, checking its shape."""
@@ -357,38 +545,149 @@ class ManualBatchNorm(keras.layers.Layer):
                 raise ValueError(f"`mask` does not broadcast against the input. {received}")
         return ops.cast(mask, inputs.dtype)
 
+    def _ghost_batches(self, x):
+        """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)`, checking that v divides the batch."""
+        v = self.virtual_batch_size
+        batch = x.shape[0]
+        if batch is not None and batch % v:
+            raise ValueError(
+                f"The batch size must be a multiple of `virtual_batch_size`. "
+                f"Received: a batch of {batch} with virtual_batch_size={v}"
+            )
+        if batch is None and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # Only a traced graph has an unknown batch size: check when it runs.
+            tf.debugging.assert_equal(
+                tf.shape(x)[0] % v,
+                0,
+                message=f"The batch size must be a multiple of `virtual_batch_size` "
+                f"(virtual_batch_size={v}).",
+            )
+        return ops.reshape(x, (-1, v) + tuple(ops.shape(x)[1:]))
+
     def call(self, inputs, training=None, mask=None):
         # float16/bfloat16 are upcast: the squares in the variance overflow
         # float16 for activations above ~256, and its 10-bit mantissa would
         # round the statistics. Integers become float32 as well.
         dtype = keras.backend.result_type(inputs.dtype, "float32")
         x = ops.cast(inputs, dtype)
-        gamma = self._as_broadcast(self.gamma, dtype) if self.scale else None
-        beta = self._as_broadcast(self.beta, dtype) if self.center else None
-        moving_mean = self._as_broadcast(self.moving_mean, dtype)
-        moving_variance = self._as_broadcast(self.moving_variance, dtype)
 
-        if training and self.trainable:
-            weights = None if mask is None else self._mask_weights(mask, x)
-            mean, variance, count = _moments(x, self._reduction_axes, weights)
-            if count is not None:
-                # A channel with no unmasked position has no batch statistics:
-                # use the moving ones, which also leaves them unchanged below.
-                seen = count > 0
-                mean = ops.where(seen, mean, moving_mean)
-                variance = ops.where(seen, variance, moving_variance)
-            self._update_moving(self.moving_mean, moving_mean, mean)
-            self._update_moving(self.moving_variance, moving_variance, variance)
-        else:
-            mean, variance = moving_mean, moving_variance
+        def per_channel(value, shape=self._broadcast_shape):
+            return ops.reshape(ops.cast(value, dtype), shape)
 
+        gamma = per_channel(self.gamma) if self.scale else None
+        beta = per_channel(self.beta) if self.center else None
+
+        if not (training and self.trainable):
+            outputs = _normalize(
+                x,
+                per_channel(self.moving_mean),
+                per_channel(self.moving_variance),
+                gamma,
+                beta,
+                self.epsilon,
+            )
+            return ops.cast(outputs, self.compute_dtype)
+
+        weights = None if mask is None else self._mask_weights(mask, x)
+        shape = self._broadcast_shape
+        axes = self._reduction_axes
+        original_shape = ops.shape(x)
+        if self.virtual_batch_size is not None:
+            x = self._ghost_batches(x)
+            if weights is not None:
+                weights = self._ghost_batches(ops.broadcast_to(weights, original_shape))
+            # A new leading axis counts the groups; it is kept, not reduced.
+            shape = (1,) + shape
+            axes = tuple(a + 1 for a in axes)
+            gamma = None if gamma is None else ops.reshape(gamma, shape)
+            beta = None if beta is None else ops.reshape(beta, shape)
+        all_reduce = _replica_sum() if self.synchronized else None
+
+        mean, variance, count = _moments(x, axes, weights, all_reduce)
+        if weights is not None:
+            # A channel with no unmasked position has no batch statistics: use
+            # the moving ones, which also leaves them unchanged below.
+            seen = count > 0
+            mean = ops.where(seen, mean, per_channel(self.moving_mean, shape))
+            variance = ops.where(seen, variance, per_channel(self.moving_variance, shape))
+
+        if self.renorm:
+            r, d = self._renorm_correction(mean, variance, shape)
+            # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
+            offset = d if gamma is None else d * gamma
+            beta = offset if beta is None else offset + beta
+            gamma = r if gamma is None else r * gamma
         outputs = _normalize(x, mean, variance, gamma, beta, self.epsilon)
+        if self.virtual_batch_size is not None:
+            outputs = ops.reshape(outputs, original_shape)
+        self._update_statistics(mean, variance, count)
         return ops.cast(outputs, self.compute_dtype)
 
-    def _update_moving(self, variable, current, batch_value):
-        """Assigns `current * momentum + batch_value * (1 - momentum)` to `variable`."""
-        new = current * self.momentum + batch_value * (1.0 - self.momentum)
-        variable.assign(ops.cast(ops.reshape(new, variable.shape), variable.dtype))
+    def _renorm_correction(self, mean, variance, shape):
+        """Returns Batch Renormalization's `(r, d)`, clipped, without gradient."""
+        renorm_stddev = ops.reshape(ops.cast(self.renorm_stddev, mean.dtype), shape)
+        renorm_mean = ops.reshape(ops.cast(self.renorm_mean, mean.dtype), shape)
+        # Early in training renorm_stddev can be ~0: keep the ratio finite.
+        renorm_stddev = ops.maximum(renorm_stddev, self.epsilon**0.5)
+        r = ops.sqrt(variance + self.epsilon) / renorm_stddev
+        d = (mean - renorm_mean) / renorm_stddev
+        clipping = self.renorm_clipping or {}
+        if clipping.get("rmin") is not None:
+            r = ops.maximum(r, clipping["rmin"])
+        if clipping.get("rmax") is not None:
+            r = ops.minimum(r, clipping["rmax"])
+        if clipping.get("dmax") is not None:
+            d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
+        return ops.stop_gradient(r), ops.stop_gradient(d)
+
+    def _update_statistics(self, mean, variance, count):
+        """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s)."""
+        if self.unbiased_variance:
+            if isinstance(count, int) and count < 2:
+                raise ValueError(
+                    "`unbiased_variance=True` needs at least 2 values per channel "
+                    f"in a training batch (n / (n - 1)). Received: {count} value(s) "
+                    "per channel"
+                )
+            # A masked channel may count one value: its variance stays biased (0).
+            variance = variance * (count / ops.maximum(count - 1.0, 1.0))
+        if self.virtual_batch_size is not None:
+            # tf.keras's rule: the moving statistics follow the groups' mean.
+            mean = ops.mean(mean, axis=0)
+            variance = ops.mean(variance, axis=0)
+
+        momentum = self.momentum
+        if momentum is None:
+            # Cumulative average: batch n enters with weight 1/n (PyTorch's rule).
+            seen = self.num_batches_tracked + 1
+            self.num_batches_tracked.assign(seen)
+            momentum = 1.0 - 1.0 / ops.cast(seen, mean.dtype)
+
+        self._assign_average(self.moving_mean, mean, momentum)
+        if not self.renorm:
+            self._assign_average(self.moving_variance, variance, momentum)
+            return
+        stddev = ops.sqrt(variance + self.epsilon)
+        self._assign_average(self.renorm_mean, mean, self.renorm_momentum)
+        self._assign_average(self.renorm_stddev, stddev, self.renorm_momentum)
+        new_stddev = self._assign_average(self.moving_stddev, stddev, momentum)
+        # relu: rounding can take stddev^2 a hair below epsilon.
+        self.moving_variance.assign(ops.relu(new_stddev * new_stddev - self.epsilon))
+
+    def _assign_average(self, variable, batch_value, momentum):
+        """Assigns `variable * momentum + batch_value * (1 - momentum)`, where `batch_value` is finite.
+
+        Returns the new value. Non-finite entries (a NaN or Inf in the batch)
+        keep the old value, so one bad batch cannot poison inference.
+        """
+        current = ops.cast(variable, batch_value.dtype)
+        batch_value = ops.reshape(batch_value, variable.shape)
+        new = current * momentum + batch_value * (1.0 - momentum)
+        new = ops.where(ops.isfinite(batch_value), new, current)
+        variable.assign(ops.cast(new, variable.dtype))
+        return new
 
     # -- serialization ------------------------------------------------------------
 
@@ -411,5 +710,11 @@ class ManualBatchNorm(keras.layers.Layer):
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
             "beta_constraint": keras.constraints.serialize(self.beta_constraint),
             "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+            "renorm": self.renorm,
+            "renorm_clipping": self.renorm_clipping,
+            "renorm_momentum": self.renorm_momentum,
+            "synchronized": self.synchronized,
+            "virtual_batch_size": self.virtual_batch_size,
+            "unbiased_variance": self.unbiased_variance,
         }
         return {**super().get_config(), **config}

@@ -132,27 +132,17 @@ def test_gradients_flow_through_batch_statistics():
 
 
 def test_constructor_matches_keras():
-    """Every argument Keras's layer shares with ours has the same default."""
+    """Every argument of Keras's layer exists here, in the same order, with the same default."""
     ours = inspect.signature(ManualBatchNorm.__init__).parameters
     theirs = inspect.signature(keras.layers.BatchNormalization.__init__).parameters
-    shared = [name for name in ours if name not in ("self", "kwargs")]
-    assert shared == [
-        "axis",
-        "momentum",
-        "epsilon",
-        "center",
-        "scale",
-        "beta_initializer",
-        "gamma_initializer",
-        "moving_mean_initializer",
-        "moving_variance_initializer",
-        "beta_regularizer",
-        "gamma_regularizer",
-        "beta_constraint",
-        "gamma_constraint",
-    ]
-    for name in shared:
+    keras_args = [name for name in theirs if name not in ("self", "kwargs")]
+    for name in keras_args:
+        assert name in ours, name
         assert ours[name].default == theirs[name].default, name
+    # keras-bn's own options come after Keras's, so positional calls agree too.
+    assert list(ours) == ["self", *keras_args, "virtual_batch_size", "unbiased_variance", "kwargs"]
+    assert ours["virtual_batch_size"].default is None
+    assert ours["unbiased_variance"].default is False
 
 
 def test_weights_have_keras_names_and_shapes():
@@ -208,12 +198,7 @@ def test_config_round_trips_every_argument():
 def test_drop_in_from_keras_config():
     """A Keras BatchNormalization config builds an equivalent ManualBatchNorm."""
     ref = keras.layers.BatchNormalization(axis=2, momentum=0.7, epsilon=1e-4, center=False)
-    config = {
-        k: v
-        for k, v in ref.get_config().items()
-        if k not in ("synchronized", "renorm", "renorm_clipping", "renorm_momentum")
-    }
-    ours = ManualBatchNorm.from_config(config)
+    ours = ManualBatchNorm.from_config(ref.get_config())
     assert (ours.axis, ours.momentum, ours.epsilon, ours.center) == (2, 0.7, 1e-4, False)
 
 
