@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from keras_bn.batch_norm import ManualBatchNorm
+from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
 from keras_bn.datasets import (
     MNIST,
     DataSplit,
@@ -15,6 +16,7 @@ from keras_bn.datasets import (
 )
 
 __all__ = [
+    "FoldedBatchNorm",
     "MNIST",
     "DataSplit",
     "MNISTDownloadError",
@@ -23,6 +25,7 @@ __all__ = [
     "MNISTNotFoundError",
     "ManualBatchNorm",
     "__version__",
+    "fold_batch_norm",
     "load_mnist",
     "read_idx",
 ]
