@@ -1,9 +1,14 @@
-"""keras-bn: batch normalization for Keras 3, by hand and tested to the last digit."""
+"""keras-bn: batch normalization for Keras 3, by hand and tested to the last digit.
+
+`ManualBatchNorm` is the seed notebook's hand-written batch normalization as a
+drop-in Keras layer; the rest reproduces the notebook's experiment (the deep MNIST
+network, its data split and logging cadence) and adds what Keras lacks.
+"""
 
 __version__ = "0.1.0"
 
 from keras_bn.batch_norm import ManualBatchNorm
-from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
+from keras_bn.callbacks import NotebookLogger
 from keras_bn.datasets import (
     MNIST,
     DataSplit,
@@ -14,18 +19,27 @@ from keras_bn.datasets import (
     load_mnist,
     read_idx,
 )
+from keras_bn.experiment import run_experiment
+from keras_bn.feeder import BatchFeeder
+from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
+from keras_bn.models import compile_like_notebook, deep_mnist_model
 
 __all__ = [
+    "BatchFeeder",
+    "DataSplit",
     "FoldedBatchNorm",
     "MNIST",
-    "DataSplit",
     "MNISTDownloadError",
     "MNISTError",
     "MNISTFormatError",
     "MNISTNotFoundError",
     "ManualBatchNorm",
+    "NotebookLogger",
     "__version__",
+    "compile_like_notebook",
+    "deep_mnist_model",
     "fold_batch_norm",
     "load_mnist",
     "read_idx",
+    "run_experiment",
 ]

@@ -1,0 +1,22 @@
+"""Reproduces the seed notebook: a 19-conv-layer CNN on MNIST with and without batch norm.
+
+Usage (the same options as the `keras-bn` command):
+
+    python examples/deep_mnist.py --variants none,keras,manual --batches 800 --out runs/deep_mnist
+
+It prints each variant's notebook log and a summary table, and writes
+`OUT/results.json` and `OUT/curves.png`. MNIST is read from `--data-dir`, else
+from `$KERAS_BN_MNIST_DIR`, else downloaded by Keras.
+"""
+
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("keras_bn") is None:  # Run from a checkout that is not installed.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_bn.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
