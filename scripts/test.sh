@@ -37,3 +37,11 @@ for backend in jax torch; do
     echo "== layer tests, $backend backend"
     KERAS_BACKEND=$backend "$PY" -m pytest -q -rs "${BACKEND_TESTS[@]}"
 done
+
+echo "== docs: mkdocs build --strict"
+SITE_DIR=$(mktemp -d)
+KERAS_BACKEND=tensorflow NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$SITE_DIR"
+rm -rf "$SITE_DIR"
+
+echo "== packaging: sdist and wheel, installed and used outside the checkout"
+KERAS_BN_VENV="$VENV" bash scripts/check_wheel.sh
