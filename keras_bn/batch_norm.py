@@ -62,7 +62,7 @@ def _count_along(x, axes):
 
 
 def _moments(x, axes, weights=None, all_reduce=None):
-    """Returns the mean, the biased variance and the count of `x` over `axes`, keeping dims.
+    """Returns the mean, the biased variance, the count and the deviations `x - mean` over `axes`.
 
     `weights` (0/1, broadcastable to `x`) leaves out the positions where it is 0;
     `all_reduce` (a function summing a tensor over replicas) makes the statistics
@@ -70,13 +70,16 @@ def _moments(x, axes, weights=None, all_reduce=None):
     the mean, then summed squared deviations from it give the variance, which keeps
     every digit a one-pass `E[x^2] - E[x]^2` loses when |mean| >> std.
 
-    The count is a Python number when it is static, else a tensor shaped like
-    the statistics.
+    The statistics keep their reduced dims. The count is a Python number when it
+    is static, else a tensor shaped like the statistics. The deviations are
+    returned because normalizing needs them too: computing them once saves a
+    pass over the full tensor, forward and backward.
     """
     if weights is None and all_reduce is None:
         mean = ops.mean(x, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-        return mean, variance, _count_along(x, axes)
+        centered = x - mean
+        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
+        return mean, variance, _count_along(x, axes), centered
     reduce = all_reduce or (lambda t: t)
     if weights is None:
         total = ops.sum(x, axis=axes, keepdims=True)
@@ -90,11 +93,12 @@ def _moments(x, axes, weights=None, all_reduce=None):
     # 0 there instead, and the caller replaces those channels.
     safe_count = ops.maximum(count, 1.0)
     mean = total / safe_count
-    squares = ops.square(x - mean)
+    centered = x - mean
+    squares = ops.square(centered)
     if weights is not None:
         squares = squares * weights
     variance = reduce(ops.sum(squares, axis=axes, keepdims=True)) / safe_count
-    return mean, variance, count
+    return mean, variance, count, centered
 
 
 def _replica_sum():
@@ -124,18 +128,18 @@ def _replica_sum():
     return None
 
 
-def _normalize(x, mean, variance, gamma, beta, epsilon):
-    """Returns `gamma * (x - mean) / sqrt(variance + epsilon) + beta`; `gamma`, `beta` may be `None`.
+def _normalize(centered, variance, gamma, beta, epsilon):
+    """Returns `gamma * centered / sqrt(variance + epsilon) + beta`; `gamma`, `beta` may be `None`.
 
-    The per-channel factor `gamma / sqrt(variance + epsilon)` is formed first, so
-    the full-size tensor sees one subtract, one multiply and one add. Centering
-    before scaling keeps the digits that `x * inv - mean * inv` (the form
-    `tf.nn.batch_normalization` uses) cancels away when |mean| >> std.
+    `centered` is `x - mean`. The per-channel factor `gamma / sqrt(variance +
+    epsilon)` is formed first, so the full-size tensor sees one multiply and one
+    add. Centering before scaling keeps the digits that `x * inv - mean * inv`
+    (the form `tf.nn.batch_normalization` uses) cancels away when |mean| >> std.
     """
     inv = ops.rsqrt(variance + epsilon)
     if gamma is not None:
         inv = inv * gamma
-    outputs = (x - mean) * inv
+    outputs = centered * inv
     return outputs if beta is None else outputs + beta
 
 
@@ -574,19 +578,18 @@ class ManualBatchNorm(keras.layers.Layer):
         x = ops.cast(inputs, dtype)
 
         def per_channel(value, shape=self._broadcast_shape):
-            return ops.reshape(ops.cast(value, dtype), shape)
+            value = ops.cast(value, dtype)
+            if shape[-1] == value.shape[-1] and len(value.shape) == 1:
+                return value  # channels last: a (C,) vector already broadcasts
+            return ops.reshape(value, shape)
 
         gamma = per_channel(self.gamma) if self.scale else None
         beta = per_channel(self.beta) if self.center else None
 
         if not (training and self.trainable):
+            centered = x - per_channel(self.moving_mean)
             outputs = _normalize(
-                x,
-                per_channel(self.moving_mean),
-                per_channel(self.moving_variance),
-                gamma,
-                beta,
-                self.epsilon,
+                centered, per_channel(self.moving_variance), gamma, beta, self.epsilon
             )
             return ops.cast(outputs, self.compute_dtype)
 
@@ -605,13 +608,14 @@ class ManualBatchNorm(keras.layers.Layer):
             beta = None if beta is None else ops.reshape(beta, shape)
         all_reduce = _replica_sum() if self.synchronized else None
 
-        mean, variance, count = _moments(x, axes, weights, all_reduce)
+        mean, variance, count, centered = _moments(x, axes, weights, all_reduce)
         if weights is not None:
             # A channel with no unmasked position has no batch statistics: use
             # the moving ones, which also leaves them unchanged below.
             seen = count > 0
             mean = ops.where(seen, mean, per_channel(self.moving_mean, shape))
             variance = ops.where(seen, variance, per_channel(self.moving_variance, shape))
+            centered = x - mean
 
         if self.renorm:
             r, d = self._renorm_correction(mean, variance, shape)
@@ -619,7 +623,7 @@ class ManualBatchNorm(keras.layers.Layer):
             offset = d if gamma is None else d * gamma
             beta = offset if beta is None else offset + beta
             gamma = r if gamma is None else r * gamma
-        outputs = _normalize(x, mean, variance, gamma, beta, self.epsilon)
+        outputs = _normalize(centered, variance, gamma, beta, self.epsilon)
         if self.virtual_batch_size is not None:
             outputs = ops.reshape(outputs, original_shape)
         self._update_statistics(mean, variance, count)
