@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from keras_bn.batch_norm import ManualBatchNorm
 from keras_bn.callbacks import NotebookLogger
+from keras_bn.checkpoint import CheckpointCallback, CheckpointError, CheckpointMismatchError
 from keras_bn.datasets import (
     MNIST,
     DataSplit,
@@ -19,14 +20,20 @@ from keras_bn.datasets import (
     load_mnist,
     read_idx,
 )
-from keras_bn.experiment import run_experiment
+from keras_bn.experiment import ExperimentError, run_experiment
 from keras_bn.feeder import BatchFeeder
 from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
+from keras_bn.interrupt import StopOnSignal, TrainingInterrupted
 from keras_bn.models import compile_like_notebook, deep_mnist_model
+from keras_bn.progress import ProgressBar
 
 __all__ = [
     "BatchFeeder",
+    "CheckpointCallback",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "DataSplit",
+    "ExperimentError",
     "FoldedBatchNorm",
     "MNIST",
     "MNISTDownloadError",
@@ -35,6 +42,9 @@ __all__ = [
     "MNISTNotFoundError",
     "ManualBatchNorm",
     "NotebookLogger",
+    "ProgressBar",
+    "StopOnSignal",
+    "TrainingInterrupted",
     "__version__",
     "compile_like_notebook",
     "deep_mnist_model",

@@ -1,6 +1,8 @@
 """The `keras-bn` command: runs the seed notebook's deep-MNIST experiment."""
 
 import argparse
+import shlex
+import sys
 
 __all__ = ["build_parser", "main"]
 
@@ -56,6 +58,24 @@ def _variants(text):
     return tuple(names)
 
 
+def _seeds(text):
+    """Parses comma-separated distinct seeds (ints >= 0), or raises `ArgumentTypeError`."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must list at least one seed, got {text!r}")
+    seeds = []
+    for part in parts:
+        try:
+            seeds.append(_non_negative_int(part))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"seeds must be integers >= 0, got {part!r} in {text!r}"
+            ) from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
+    return tuple(seeds)
+
+
 def build_parser():
     """Returns the `argparse.ArgumentParser` of the `keras-bn` command."""
     parser = argparse.ArgumentParser(
@@ -83,9 +103,15 @@ def build_parser():
         "--learning-rate", type=_positive_float, default=0.002,
         help="Adam learning rate (default: 0.002)",
     )
-    parser.add_argument(
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument(
         "--seed", type=_non_negative_int, default=0,
         help="seed of the weights and the batch order, the same for every variant (default: 0)",
+    )
+    seeds.add_argument(
+        "--seeds", type=_seeds, default=None, metavar="LIST",
+        help="comma-separated seeds, e.g. 0,1,2,3,4: every variant is trained once per seed and "
+        "the summary gives the mean, std, min and max of the final test accuracy",
     )
     parser.add_argument(
         "--data-dir", default=None, metavar="DIR",
@@ -94,7 +120,29 @@ def build_parser():
     )
     parser.add_argument(
         "--out", default="runs/deep_mnist", metavar="DIR",
-        help="folder for results.json and curves.png (default: runs/deep_mnist)",
+        help="folder for results.json, curves.png and the checkpoints; rerunning the same "
+        "command with the same folder resumes where it stopped (default: runs/deep_mnist)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=_positive_int, default=100, metavar="N",
+        help="save a checkpoint every N batches (default: 100)",
+    )
+    parser.add_argument(
+        "--validate-every", type=_positive_int, default=100, metavar="N",
+        help="log the validation loss and accuracy every N batches (default: 100)",
+    )
+    parser.add_argument(
+        "--check-every", type=_positive_int, default=25, metavar="N",
+        help="log the loss and accuracy of the batch just trained every N batches (default: 25)",
+    )
+    parser.add_argument(
+        "--distribute", choices=("mirrored",), default=None,
+        help="mirrored: train with tf.distribute.MirroredStrategy over every GPU (else every "
+        "CPU device) and synchronized batch normalization; TensorFlow backend only",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true",
+        help="print only the summary: no log, no progress bar",
     )
     return parser
 
@@ -103,14 +151,21 @@ def main(argv=None):
     """Runs the `keras-bn` command with `argv` (default: `sys.argv[1:]`) and returns 0.
 
     Bad arguments make argparse print the usage and the reason to stderr and
-    exit with status 2; a missing or corrupt MNIST folder exits with status 1
-    and the loader's message.
+    exit with status 2; so do an `--out` folder that cannot be written, a
+    checkpoint there of another configuration, and `--distribute mirrored`
+    off TensorFlow. A missing or corrupt MNIST folder or checkpoint exits
+    with status 1 and the loader's message. SIGINT (Ctrl-C) and SIGTERM stop
+    after the current batch, save a checkpoint, print how to resume, and exit
+    with status 130 and 143.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     # Imported only now, so that argument errors come before any model or data work.
+    from keras_bn.checkpoint import CheckpointError, CheckpointMismatchError
     from keras_bn.datasets import MNISTError
-    from keras_bn.experiment import run_experiment
+    from keras_bn.experiment import ExperimentError, run_experiment
+    from keras_bn.interrupt import TrainingInterrupted, signal_name
 
     try:
         run_experiment(
@@ -118,12 +173,28 @@ def main(argv=None):
             batches=args.batches,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
-            seed=args.seed,
+            seed=None if args.seeds else args.seed,
+            seeds=args.seeds,
             data_dir=args.data_dir,
             out_dir=args.out,
+            checkpoint_every=args.checkpoint_every,
+            validate_every=args.validate_every,
+            check_every=args.check_every,
+            distribute=args.distribute,
+            quiet=args.quiet,
         )
-    except MNISTError as error:
+    except (ExperimentError, CheckpointMismatchError) as error:
+        parser.error(str(error))
+    except (MNISTError, CheckpointError) as error:
         parser.exit(1, f"keras-bn: error: {error}\n")
+    except TrainingInterrupted as stop:
+        command = shlex.join(["keras-bn", *argv])
+        parser.exit(
+            stop.exit_code,
+            f"keras-bn: stopped by {signal_name(stop.signal_number)} {stop.where}; "
+            f"checkpoint saved to {stop.checkpoint}.\n"
+            f"To resume, run the same command again: {command}\n",
+        )
     return 0
 
 

@@ -1,15 +1,31 @@
 """Tests for keras_bn.experiment and the `keras-bn` command, end to end."""
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pytest
 
-from keras_bn.experiment import VARIANTS, parse_variants, run_experiment, train_variant
+from keras_bn.checkpoint import CheckpointMismatchError, load_checkpoint
+from keras_bn.experiment import (
+    VARIANTS,
+    ExperimentError,
+    checkpoint_path,
+    format_summary,
+    parse_seeds,
+    parse_variants,
+    run_experiment,
+    train_variant,
+)
+from keras_bn.interrupt import TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +63,10 @@ def test_run_experiment_writes_results_and_curves(tmp_path):
     with open(tmp_path / "out" / "results.json", encoding="utf-8") as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(results))
+    # One seed: the 0.1.0 keys, plus the per-seed runs and their statistics.
+    assert list(saved) == ["config", "variants", "runs", "statistics"]
+    assert saved["config"]["seeds"] == [3]
+    assert saved["runs"] == {name: {"3": run} for name, run in saved["variants"].items()}
     for name, result in saved["variants"].items():
         assert set(result) == RESULT_KEYS
         for key in ("final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples"):
@@ -97,6 +117,12 @@ def test_parse_variants():
         ({"seed": -1}, r"`seed` must be an int >= 0"),
         ({"learning_rate": 0}, r"`learning_rate` must be a positive number"),
         ({"variants": "all"}, r"`variants` may only hold"),
+        ({"seed": 1, "seeds": [2]}, r"Pass `seed` or `seeds`, not both"),
+        ({"seeds": [0, 0]}, r"`seeds` must not repeat a seed"),
+        ({"seeds": "0,x"}, r"`seeds` must be ints >= 0. Received: 'x' in seeds='0,x'"),
+        ({"checkpoint_every": 0}, r"`checkpoint_every` must be a positive int"),
+        ({"progress": 42}, r"`progress` must be a bool or a writable text stream"),
+        ({"distribute": "ring"}, r"`distribute` must be None, 'mirrored' or a tf.distribute"),
     ],
 )
 def test_run_experiment_bad_arguments(kwargs, match):
@@ -169,3 +195,281 @@ def test_real_mnist_batch_norm_learns_and_plain_does_not(mnist_dir, tmp_path):
     assert accuracies["keras"] > 0.5, accuracies
     assert accuracies["manual"] > 0.5, accuracies
     assert accuracies["none"] < 0.2, accuracies
+
+
+# --- Seeds, progress, checkpoints and resume -------------------------------------
+
+#: A run small enough for the tests: 3 batches of 8, a checkpoint every 2.
+TINY = dict(variants="none", batches=3, batch_size=8, validate_every=2, check_every=1,
+            num_samples=3, checkpoint_every=2)
+CONTROL = [chr(c) for c in range(32) if chr(c) != "\n"] + ["\x7f"]
+
+
+def _numbers(run):
+    """What must not change when a run is resumed: each logged entry but its time."""
+    return [(e["event"], e["batch"], e["loss"], e["accuracy"], e["message"])
+            for e in run["history"]]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """One uninterrupted two-seed run of the tiny configuration, with checkpoints."""
+    out = tmp_path_factory.mktemp("two_seeds")
+    lines, progress = [], io.StringIO()
+    results = run_experiment(seeds="0,1", data=_synthetic_mnist(), out_dir=out,
+                             progress=progress, print_fn=lines.append, **TINY)
+    return SimpleNamespace(results=results, out=out, lines=lines, progress=progress.getvalue())
+
+
+def test_parse_seeds():
+    assert parse_seeds("0, 1,2") == (0, 1, 2)
+    assert parse_seeds(4) == (4,) and parse_seeds(np.int64(4)) == (4,)
+    for bad, match in [("", "at least one"), ([-1], "ints >= 0"), ([True], "ints >= 0"),
+                       (1.5, "at least one"), ("1,1", "must not repeat")]:
+        with pytest.raises(ValueError, match=match):
+            parse_seeds(bad)
+
+
+def test_seeds_give_statistics_a_table_and_curves(two_seeds):
+    results = two_seeds.results
+    assert list(results) == ["config", "runs", "statistics"]  # No single-seed `variants`.
+    assert results["config"]["seeds"] == [0, 1] and results["config"]["seed"] is None
+    runs = results["runs"]["none"]
+    assert list(runs) == ["0", "1"] and _numbers(runs["0"]) != _numbers(runs["1"])
+    accuracies = [runs[seed]["final_test_accuracy"] for seed in ("0", "1")]
+    stats = results["statistics"]["none"]
+    assert stats["seeds"] == [0, 1]
+    assert stats["final_test_accuracy"] == pytest.approx({
+        "mean": np.mean(accuracies), "std": np.std(accuracies, ddof=1),
+        "min": min(accuracies), "max": max(accuracies),
+    })
+    with open(two_seeds.out / "results.json", encoding="utf-8") as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    assert (two_seeds.out / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    lines = two_seeds.lines
+    assert lines[0] == "=== none: no batch normalization, seed 0 ==="
+    assert "=== none: no batch normalization, seed 1 ===" in lines
+    table = format_summary(results).splitlines()
+    assert table[0].split() == ["variant", "seeds", "test", "mean", "test", "std", "test", "min",
+                                "test", "max", "val", "mean", "train", "s/run"]
+    row = table[2].split()
+    test = stats["final_test_accuracy"]
+    assert row[:6] == ["none", "2"] + [f"{test[k]:.4f}" for k in ("mean", "std", "min", "max")]
+    assert lines[-2] == format_summary(results)
+    assert lines[-1].startswith("Wrote ") and lines[-1].endswith("curves.png")
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(two_seeds):
+    progress = two_seeds.progress
+    assert not any(c in progress for c in CONTROL)
+    assert [line.split("  ")[0] for line in progress.splitlines()] == [
+        "none, seed 0 1/3", "none, seed 0 2/3", "none, seed 0 3/3",
+        "none, seed 1 1/3", "none, seed 1 2/3", "none, seed 1 3/3",
+    ]
+    assert not any("batch/s" in line for line in two_seeds.lines)  # The log stays clean.
+
+
+def test_finished_runs_are_not_trained_again_and_quiet_prints_only_the_summary(two_seeds, capsys):
+    lines = []
+    again = run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=two_seeds.out,
+                           quiet=True, print_fn=lines.append, **TINY)
+    assert again["runs"] == json.loads(json.dumps(two_seeds.results["runs"]))
+    assert lines == [
+        format_summary(again),
+        f"Wrote {two_seeds.out / 'results.json'} and {two_seeds.out / 'curves.png'}",
+    ]
+    assert capsys.readouterr().err == ""  # No progress either.
+    lines = []
+    run_experiment(seeds=[1], data=_synthetic_mnist(), out_dir=two_seeds.out,
+                   print_fn=lines.append, **TINY)
+    path = checkpoint_path(two_seeds.out, "none", 1)
+    assert lines[:2] == ["=== none: no batch normalization ===",
+                         f"Already finished ({path}); not trained again."]
+    assert not any(line.startswith("Batch: ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "change, difference",
+    [
+        ({"batches": 4}, r"batches: 3 there, 4 now"),
+        ({"learning_rate": 0.01}, r"learning_rate: 0\.002 there, 0\.01 now"),
+        ({"data": _synthetic_mnist(seed=1)}, r"data: '[0-9a-f]{32}' there, '[0-9a-f]{32}' now"),
+    ],
+)
+def test_a_checkpoint_of_another_configuration_is_refused(two_seeds, change, difference):
+    lines = []
+    kwargs = {**TINY, "data": _synthetic_mnist(), **change}
+    path = checkpoint_path(two_seeds.out, "none", 0)
+    with pytest.raises(CheckpointMismatchError, match=(
+        rf"{path} was written by a run with another configuration \({difference}\)\. "
+        r"Resuming it would mix two experiments"
+    )):
+        run_experiment(seeds=[0], out_dir=two_seeds.out, print_fn=lines.append, **kwargs)
+    assert lines == []  # Refused before anything trained.
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_numbers(two_seeds, tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    lines = []
+
+    def press_ctrl_c(line):
+        """Logs `line`, and presses Ctrl-C (a real SIGINT) once batch 1 is logged."""
+        lines.append(line)
+        if line.startswith("Batch: 1,"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        run_experiment(seeds=[1], data=_synthetic_mnist(), out_dir=tmp_path, progress=False,
+                       print_fn=press_ctrl_c, **TINY)
+    assert signal.getsignal(signal.SIGINT) is before  # The library put its handler back.
+    stop = info.value
+    path = checkpoint_path(tmp_path, "none", 1)
+    assert (stop.exit_code, stop.batches_done, stop.checkpoint) == (130, 2, path)
+    assert str(stop).startswith("Stopped by SIGINT after batch 1 (2 of 3 done) of none, seed 1.")
+    assert not (tmp_path / "results.json").exists()
+    state = load_checkpoint(path).state
+    assert state["batches_done"] == 2 and not state["finished"]
+    assert [e["batch"] for e in state["history"]] == [0, 1]
+
+    lines = []
+    resumed = run_experiment(seeds=[1], data=_synthetic_mnist(), out_dir=tmp_path,
+                             progress=False, print_fn=lines.append, **TINY)
+    assert lines[1] == f"Resuming from {path}: 2 of 3 batches done."
+    assert lines[2].startswith("Validation") or lines[2].startswith("Batch: 2,")
+    # Exactly the numbers of the uninterrupted run of the same seed.
+    uninterrupted = two_seeds.results["runs"]["none"]["1"]
+    assert _numbers(resumed["runs"]["none"]["1"]) == _numbers(uninterrupted)
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_before_loading_data(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "run"
+    match = (rf"`out_dir` must be a folder that can be written to. Received: "
+             rf"out_dir='{out}' \({blocker} is not a folder\)")
+    with pytest.raises(ExperimentError, match=match):
+        # No MNIST there: loading it first would raise MNISTError instead.
+        run_experiment(out_dir=out, data_dir=tmp_path / "no_mnist")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root may write to a read-only folder")
+def test_a_read_only_out_dir_is_refused(tmp_path):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ExperimentError, match=r"no permission to write in"):
+            run_experiment(out_dir=folder / "run", data=_synthetic_mnist())
+    finally:
+        folder.chmod(0o700)
+
+
+def test_mirrored_needs_the_tensorflow_backend(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ExperimentError, match=(
+        r"`distribute='mirrored'` trains with tf.distribute.MirroredStrategy, which needs the "
+        r"TensorFlow backend. Received: backend 'jax'; set KERAS_BACKEND=tensorflow"
+    )):
+        run_experiment(distribute="mirrored", data=_synthetic_mnist())
+
+
+MIRRORED = """
+import json
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import numpy as np
+from keras_bn.experiment import run_experiment
+
+rng = np.random.default_rng(0)
+def split(n):
+    return (rng.random((n, 28, 28, 1), dtype="float32"),
+            np.eye(10, dtype="float32")[rng.integers(0, 10, n)])
+kwargs = dict(variants="manual", batches=3, batch_size=8, data=(split(96), split(24), split(40)),
+              validate_every=2, check_every=1, num_samples=3, progress=False,
+              print_fn=lambda line: None)
+mirrored = run_experiment(distribute="mirrored", **kwargs)
+single = run_experiment(**kwargs)
+losses = lambda results: [e["loss"] for e in results["runs"]["manual"]["0"]["history"]
+                          if e["loss"] is not None]
+print(json.dumps({"config": mirrored["config"], "mirrored": losses(mirrored),
+                  "single": losses(single)}))
+"""
+
+
+def test_distribute_mirrored_trains_on_two_cpu_devices():
+    """Two replicas of 4 with synchronized ManualBatchNorm track one device with batches of 8."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["config"]["distribute"], result["config"]["replicas"]) == ("mirrored", 2)
+    assert len(result["mirrored"]) == len(result["single"]) == 5
+    # After one step (the validation after batch 0) the statistics of the global batch give
+    # the single device's loss to round-off; per-replica statistics were 1e-4 off there.
+    assert abs(result["mirrored"][0] - result["single"][0]) < 1e-6
+    # Later steps go through Adam's division by tiny second moments: close, not bitwise.
+    np.testing.assert_allclose(result["mirrored"], result["single"], atol=2e-3)
+
+
+def test_cli_killed_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
+    """The issue's check: a real SIGTERM midway, a rerun of the same command, the same numbers."""
+    data_dir = _write_fake_mnist_npz(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
+
+    def command(out):
+        """The `keras-bn` command line of this test, writing to `out`."""
+        return [sys.executable, "-m", "keras_bn.cli", "--variants", "manual", "--batches", "30",
+                "--batch-size", "8", "--seed", "1", "--data-dir", str(data_dir), "--out", str(out),
+                "--checkpoint-every", "5", "--check-every", "1", "--validate-every", "10"]
+
+    def start(out, name):
+        """Starts the command; stdout is a pipe, stderr a file."""
+        err = open(tmp_path / f"{name}.err", "w", encoding="utf-8")
+        proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=env, cwd=ROOT)
+        err.close()
+        return proc
+
+    whole = start(tmp_path / "whole", "whole")  # The uninterrupted run, alongside.
+    killed = start(tmp_path / "killed", "killed")
+    seen = []
+    for line in killed.stdout:
+        seen.append(line)
+        if line.startswith("Batch: 7,"):  # Checkpoint after batch 4 is written by now.
+            killed.send_signal(signal.SIGTERM)
+            break
+    rest, _ = killed.communicate(timeout=600)
+    stderr = (tmp_path / "killed.err").read_text(encoding="utf-8")
+    assert killed.returncode == 143, "".join(seen) + rest + stderr[-3000:]
+    assert "keras-bn: stopped by SIGTERM after batch " in stderr
+    assert "To resume, run the same command again: keras-bn --variants manual" in stderr
+    assert not (tmp_path / "killed" / "results.json").exists()
+    stopped_at = load_checkpoint(checkpoint_path(tmp_path / "killed", "manual", 1)).state
+    assert 8 <= stopped_at["batches_done"] < 30 and not stopped_at["finished"]
+
+    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"Resuming from {checkpoint_path(tmp_path / 'killed', 'manual', 1)}: "
+            f"{stopped_at['batches_done']} of 30 batches done.") in resumed.stdout
+    assert "Batch: 0," not in resumed.stdout
+    whole.communicate(timeout=600)
+    assert whole.returncode == 0, (tmp_path / "whole.err").read_text(encoding="utf-8")[-3000:]
+
+    def load(out):
+        """The run's results from `out/results.json`."""
+        with open(out / "results.json", encoding="utf-8") as f:
+            return json.load(f)["runs"]["manual"]["1"]
+
+    a, b = load(tmp_path / "whole"), load(tmp_path / "killed")
+    # TensorFlow on the CPU is deterministic here: the very same numbers, not just close ones.
+    assert _numbers(b) == _numbers(a)
+    for key in ("final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples"):
+        assert b[key] == a[key]
