@@ -130,6 +130,16 @@ class BatchFeeder(keras.utils.PyDataset):
     # --- The stream --------------------------------------------------------
 
     @property
+    def images(self):
+        """The training inputs the batches are taken from (not copied)."""
+        return self._images
+
+    @property
+    def labels(self):
+        """The training targets the batches are taken from (not copied)."""
+        return self._labels
+
+    @property
     def seed(self):
         """The seed of the epoch permutations."""
         return self._seed
