@@ -9,26 +9,23 @@ __all__ = ["build_parser", "main"]
 _VARIANTS = ("none", "keras", "manual")  # keras_bn.experiment.VARIANTS, without importing Keras.
 
 
-def _positive_int(text):
-    """Parses a positive int for argparse, or raises `ArgumentTypeError` saying why not."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum, rule):
+    """Returns an argparse type parsing an int >= `minimum`; `rule` words the message."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    """Parses an int >= 0 for argparse, or raises `ArgumentTypeError` saying why not."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _positive_float(text):

@@ -133,3 +133,16 @@ def check_layer_contract(layer_cls, init_kwargs, input_shape, tmp_path):
     y = mixed(x.astype("float16"), training=True)
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
+
+
+def write_fake_mnist_npz(folder):
+    """Writes a small random `mnist.npz` (5,010 train images, 40 test) that load_mnist accepts."""
+    rng = np.random.default_rng(0)
+    np.savez(
+        folder / "mnist.npz",
+        x_train=rng.integers(0, 256, (5010, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 5010).astype(np.uint8),
+        x_test=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 40).astype(np.uint8),
+    )
+    return folder

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import write_fake_mnist_npz
 from keras_bn.checkpoint import save_checkpoint
 from keras_bn.cli import build_parser, main
 
@@ -85,19 +86,6 @@ def test_missing_data_dir_exits_1_naming_the_folder(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _fake_mnist(folder):
-    """Writes a small random `mnist.npz` (5,010 train images, 40 test) that load_mnist accepts."""
-    rng = np.random.default_rng(0)
-    np.savez(
-        folder / "mnist.npz",
-        x_train=rng.integers(0, 256, (5010, 28, 28), dtype=np.uint8),
-        y_train=rng.integers(0, 10, 5010).astype(np.uint8),
-        x_test=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
-        y_test=rng.integers(0, 10, 40).astype(np.uint8),
-    )
-    return folder
-
-
 def _exit(argv, capsys):
     """Runs `main(argv)`, which must exit; returns `(status, stderr)`."""
     with pytest.raises(SystemExit) as exit_info:
@@ -131,7 +119,7 @@ def _checkpoint(out, config):
 
 def test_a_checkpoint_of_another_configuration_exits_2(tmp_path, capsys):
     path = _checkpoint(tmp_path / "out", {"variant": "none", "seed": 0, "batches": 800})
-    argv = ["--variants", "none", "--batches", "5", "--data-dir", _fake_mnist(tmp_path),
+    argv = ["--variants", "none", "--batches", "5", "--data-dir", write_fake_mnist_npz(tmp_path),
             "--out", tmp_path / "out"]
     status, err = _exit(argv, capsys)
     assert status == 2
@@ -144,7 +132,7 @@ def test_a_corrupt_checkpoint_exits_1(tmp_path, capsys):
     path = tmp_path / "out" / "checkpoints" / "none-seed0.npz"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a file")
-    argv = ["--variants", "none", "--batches", "5", "--data-dir", _fake_mnist(tmp_path),
+    argv = ["--variants", "none", "--batches", "5", "--data-dir", write_fake_mnist_npz(tmp_path),
             "--out", tmp_path / "out"]
     status, err = _exit(argv, capsys)
     assert status == 1

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import write_fake_mnist_npz
 from keras_bn.checkpoint import CheckpointMismatchError, load_checkpoint
 from keras_bn.experiment import (
     VARIANTS,
@@ -130,19 +131,6 @@ def test_run_experiment_bad_arguments(kwargs, match):
         run_experiment(data=_synthetic_mnist(), **kwargs)
 
 
-def _write_fake_mnist_npz(folder):
-    """Writes a small random `mnist.npz` (5,010 train images, 40 test) that load_mnist accepts."""
-    rng = np.random.default_rng(0)
-    np.savez(
-        folder / "mnist.npz",
-        x_train=rng.integers(0, 256, (5010, 28, 28), dtype=np.uint8),
-        y_train=rng.integers(0, 10, 5010).astype(np.uint8),
-        x_test=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
-        y_test=rng.integers(0, 10, 40).astype(np.uint8),
-    )
-    return folder
-
-
 def _run_cli(script, *args):
     """Runs a Python `script` (a path or `-m module`) with `args`; returns the CompletedProcess."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -151,7 +139,7 @@ def _run_cli(script, *args):
 
 
 def test_cli_subprocess_writes_results_and_curves(tmp_path):
-    data_dir = _write_fake_mnist_npz(tmp_path)
+    data_dir = write_fake_mnist_npz(tmp_path)
     out = tmp_path / "run"
     proc = _run_cli(
         ["-m", "keras_bn.cli"], "--variants", "none,manual", "--batches", "2", "--batch-size", "4",
@@ -419,7 +407,7 @@ def test_distribute_mirrored_trains_on_two_cpu_devices():
 
 def test_cli_killed_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
     """The issue's check: a real SIGTERM midway, a rerun of the same command, the same numbers."""
-    data_dir = _write_fake_mnist_npz(tmp_path)
+    data_dir = write_fake_mnist_npz(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
            "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
 
