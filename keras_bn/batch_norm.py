@@ -1,5 +1,7 @@
 """`ManualBatchNorm`: the notebook's hand-written batch normalization as a Keras layer."""
 
+import functools
+
 import keras
 from keras import ops
 
@@ -122,10 +124,36 @@ def _replica_sum():
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return None
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce
+        return _torch_all_reduce_sum()
     return None
+
+
+@functools.cache
+def _torch_all_reduce_sum():
+    """Returns a differentiable sum over the processes of the default `torch.distributed` group.
+
+    `torch.distributed.all_reduce` is the supported collective but does not
+    record a gradient; the gradient of a sum over replicas is the sum of the
+    replicas' gradients, so the backward pass all-reduces too. (torch 2.13
+    deprecates `torch.distributed.nn.functional.all_reduce`, which did this.)
+    """
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, tensor):
+            total = tensor.clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad):
+            total = grad.clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            return total
+
+    return AllReduceSum.apply
 
 
 def _normalize(centered, variance, gamma, beta, epsilon):
