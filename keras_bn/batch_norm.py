@@ -171,6 +171,14 @@ def _normalize(centered, variance, gamma, beta, epsilon):
     return outputs if beta is None else outputs + beta
 
 
+def _mean_where(values, usable):
+    """Returns the mean over axis 0 of `values` where `usable`, and whether any entry was usable."""
+    weights = ops.cast(usable, values.dtype)
+    total = ops.sum(ops.where(usable, values, 0.0), axis=0)
+    n = ops.sum(weights, axis=0)
+    return total / ops.maximum(n, 1.0), n > 0
+
+
 def _check_renorm_clipping(renorm_clipping):
     """Validates `renorm_clipping` and returns it as a plain dict of floats."""
     if renorm_clipping is None:
@@ -210,14 +218,17 @@ def _check_renorm_clipping(renorm_clipping):
 
 
 def _check_momentum(name, value, *, allow_none):
-    """Returns `value` as a float in [0, 1) (or `None` where allowed), else raises naming `name`."""
+    """Returns `value` as a float in [0, 1] (or `None` where allowed), else raises naming `name`.
+
+    1 is allowed, as Keras allows it: the averages then never move (frozen statistics).
+    """
     if value is None and allow_none:
         return None
     momentum = _as_float(name, value)
-    if not 0.0 <= momentum < 1.0:
+    if not 0.0 <= momentum <= 1.0:
         extra = " or None (a cumulative average)" if allow_none else ""
         raise ValueError(
-            f"`{name}` must be in [0, 1){extra}: it is the weight of the old value "
+            f"`{name}` must be in [0, 1]{extra}: it is the weight of the old value "
             f"in the moving averages. Received: {name}={value!r}"
         )
     return momentum
@@ -273,11 +284,14 @@ class ManualBatchNorm(keras.layers.Layer):
         axis: The channel axis, or a list/tuple of axes: one statistic is kept
             per position along them, and every other axis is reduced. Use
             `axis=1` after a `channels_first` convolution. Defaults to `-1`.
-        momentum: Weight of the old value in the moving averages, in `[0, 1)`
-            (the notebook's `decay`), or `None` for a cumulative average over
-            all training batches seen so far, as PyTorch's `momentum=None`:
-            batch `n` enters with weight `1 / n`, counted by the extra weight
-            `num_batches_tracked`. Defaults to `0.99`.
+        momentum: Weight of the old value in the moving averages, in `[0, 1]`
+            (the notebook's `decay`; `1` freezes them), or `None` for a
+            cumulative average over all training batches seen so far, as
+            PyTorch's `momentum=None`: batch `n` enters with weight `1 / n`,
+            counted by the extra weight `num_batches_tracked`. A batch that
+            is thrown away (empty, fully masked, or with a non-finite
+            statistic in any channel) is not counted and changes no channel.
+            Defaults to `0.99`.
         epsilon: Positive constant added to the variance before the square
             root. Defaults to `1e-3`.
         center: Whether to add the learned offset `beta`. Defaults to `True`.
@@ -311,9 +325,10 @@ class ManualBatchNorm(keras.layers.Layer):
         renorm_clipping: With `renorm`, a dict with optional keys `"rmax"`,
             `"rmin"` and `"dmax"`: `r` is clipped to `[rmin, rmax]` and `d`
             to `[-dmax, dmax]`; a missing key means no clipping on that side.
-            Defaults to `None`.
+            Without `renorm` it is kept in the config and unused, as in
+            Keras. Defaults to `None`.
         renorm_momentum: With `renorm`, the momentum of `renorm_mean` and
-            `renorm_stddev`, in `[0, 1)`. Defaults to `0.99`.
+            `renorm_stddev`, in `[0, 1]`. Defaults to `0.99`.
         virtual_batch_size: Ghost Batch Normalization (Hoffer et al., 2017):
             in training, the batch is split into consecutive groups of this
             many samples (samples `0..v-1`, `v..2v-1`, ...), each normalized
@@ -345,7 +360,7 @@ class ManualBatchNorm(keras.layers.Layer):
         A tensor of the input's shape in the layer's compute dtype.
 
     Raises:
-        ValueError: `momentum` or `renorm_momentum` outside `[0, 1)`,
+        ValueError: `momentum` or `renorm_momentum` outside `[0, 1]`,
             `epsilon <= 0`, a bad `renorm_clipping` or `virtual_batch_size`,
             an `axis` outside the input's rank or repeated, an unknown
             (`None`) size along `axis`, a batch that is not a multiple of
@@ -424,12 +439,12 @@ class ManualBatchNorm(keras.layers.Layer):
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
         self.renorm = _check_flag("renorm", renorm)
-        self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
-        if self.renorm_clipping is not None and not self.renorm:
-            raise ValueError(
-                "`renorm_clipping` only applies with `renorm=True`. Received: "
-                f"renorm_clipping={renorm_clipping!r} with renorm=False"
-            )
+        # Keras stores `renorm_clipping` unchecked when renorm is off, and a
+        # drop-in must load every config Keras's layer accepts.
+        if self.renorm or not isinstance(renorm_clipping, dict):
+            self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
+        else:
+            self.renorm_clipping = dict(renorm_clipping)
         self.renorm_momentum = _check_momentum(
             "renorm_momentum", renorm_momentum, allow_none=False
         )
@@ -675,49 +690,72 @@ class ManualBatchNorm(keras.layers.Layer):
         return ops.stop_gradient(r), ops.stop_gradient(d)
 
     def _update_statistics(self, mean, variance, count):
-        """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s)."""
+        """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s).
+
+        `mean`, `variance` and `count` are per channel (and per ghost batch).
+        Only the channels whose statistics are usable move: a finite mean and
+        variance from at least one counted value (two, for the unbiased
+        variance); the others keep their moving statistics exactly.
+        """
+        if self.unbiased_variance and isinstance(count, int) and count < 2:
+            raise ValueError(
+                "`unbiased_variance=True` needs at least 2 values per channel "
+                f"in a training batch (n / (n - 1)). Received: {count} value(s) "
+                "per channel"
+            )
+        # The count is a Python int, a scalar int tensor (a batch size unknown
+        # when traced) or a float tensor per channel (masks, replicas): one
+        # float tensor shaped like the statistics serves every case.
+        count = ops.ones_like(mean) * ops.cast(count, mean.dtype)
+        usable = ops.logical_and(
+            ops.logical_and(ops.isfinite(mean), ops.isfinite(variance)), count > 0
+        )
         if self.unbiased_variance:
-            if isinstance(count, int) and count < 2:
-                raise ValueError(
-                    "`unbiased_variance=True` needs at least 2 values per channel "
-                    f"in a training batch (n / (n - 1)). Received: {count} value(s) "
-                    "per channel"
-                )
-            # A masked channel may count one value: its variance stays biased (0).
+            # n / (n - 1) is undefined for n = 1 (a masked channel can count
+            # one value): that channel's variance stays where it was.
             variance = variance * (count / ops.maximum(count - 1.0, 1.0))
+        variance_usable = ops.logical_and(usable, count > 1) if self.unbiased_variance else usable
         if self.virtual_batch_size is not None:
-            # tf.keras's rule: the moving statistics follow the groups' mean.
-            mean = ops.mean(mean, axis=0)
-            variance = ops.mean(variance, axis=0)
+            # tf.keras's rule: the moving statistics follow the mean of the
+            # ghost batches' statistics; a ghost batch with nothing usable is
+            # left out of that mean.
+            mean, usable = _mean_where(mean, usable)
+            variance, variance_usable = _mean_where(variance, variance_usable)
 
         momentum = self.momentum
         if momentum is None:
-            # Cumulative average: batch n enters with weight 1/n (PyTorch's rule).
-            seen = self.num_batches_tracked + 1
+            # Cumulative average: batch n enters with weight 1/n (PyTorch's
+            # rule). One counter serves every channel, so a batch counts only
+            # when every channel can use it; otherwise it changes nothing.
+            counted = ops.all(ops.logical_and(usable, variance_usable))
+            seen = self.num_batches_tracked + ops.cast(counted, "int32")
             self.num_batches_tracked.assign(seen)
-            momentum = 1.0 - 1.0 / ops.cast(seen, mean.dtype)
+            momentum = 1.0 - 1.0 / ops.cast(ops.maximum(seen, 1), mean.dtype)
+            usable = variance_usable = ops.logical_and(usable, counted)
 
-        self._assign_average(self.moving_mean, mean, momentum)
+        self._assign_average(self.moving_mean, mean, momentum, usable)
         if not self.renorm:
-            self._assign_average(self.moving_variance, variance, momentum)
+            self._assign_average(self.moving_variance, variance, momentum, variance_usable)
             return
         stddev = ops.sqrt(variance + self.epsilon)
-        self._assign_average(self.renorm_mean, mean, self.renorm_momentum)
-        self._assign_average(self.renorm_stddev, stddev, self.renorm_momentum)
-        new_stddev = self._assign_average(self.moving_stddev, stddev, momentum)
+        self._assign_average(self.renorm_mean, mean, self.renorm_momentum, usable)
+        self._assign_average(self.renorm_stddev, stddev, self.renorm_momentum, variance_usable)
+        new_stddev = self._assign_average(self.moving_stddev, stddev, momentum, variance_usable)
         # relu: rounding can take stddev^2 a hair below epsilon.
         self.moving_variance.assign(ops.relu(new_stddev * new_stddev - self.epsilon))
 
-    def _assign_average(self, variable, batch_value, momentum):
-        """Assigns `variable * momentum + batch_value * (1 - momentum)`, where `batch_value` is finite.
+    def _assign_average(self, variable, batch_value, momentum, usable):
+        """Assigns `variable * momentum + batch_value * (1 - momentum)` where `usable`, else keeps it.
 
-        Returns the new value. Non-finite entries (a NaN or Inf in the batch)
-        keep the old value, so one bad batch cannot poison inference.
+        Returns the new value. The entries that are not usable (a NaN or Inf
+        in the batch, nothing counted) keep the old value exactly, so one bad
+        batch cannot poison inference.
         """
         current = ops.cast(variable, batch_value.dtype)
         batch_value = ops.reshape(batch_value, variable.shape)
+        usable = ops.reshape(usable, variable.shape)
         new = current * momentum + batch_value * (1.0 - momentum)
-        new = ops.where(ops.isfinite(batch_value), new, current)
+        new = ops.where(usable, new, current)
         variable.assign(ops.cast(new, variable.dtype))
         return new
 

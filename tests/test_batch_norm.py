@@ -365,7 +365,7 @@ def test_mask_propagates_through_a_model():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        ({"momentum": 1.0}, ValueError, r"`momentum` must be in \[0, 1\).*momentum=1.0"),
+        ({"momentum": 1.5}, ValueError, r"`momentum` must be in \[0, 1\].*momentum=1.5"),
         ({"momentum": -0.1}, ValueError, r"momentum=-0.1"),
         ({"momentum": float("nan")}, ValueError, r"momentum=nan"),
         ({"momentum": "fast"}, TypeError, r"`momentum` must be a real number.*'fast'"),

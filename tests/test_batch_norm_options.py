@@ -247,14 +247,14 @@ def test_nan_batch_does_not_poison_the_moving_statistics():
         ({"virtual_batch_size": 2.5}, ValueError, r"virtual_batch_size=2.5"),
         ({"virtual_batch_size": 4, "synchronized": True}, ValueError, r"cannot be combined"),
         ({"renorm": "yes"}, TypeError, r"`renorm` must be a bool"),
-        ({"renorm_momentum": 1.2}, ValueError, r"`renorm_momentum` must be in \[0, 1\).*=1.2"),
+        ({"renorm_momentum": 1.2}, ValueError, r"`renorm_momentum` must be in \[0, 1\].*=1.2"),
         ({"renorm": True, "renorm_clipping": {"rmax": 1, "max": 2}}, ValueError, r"unknown: \['max'\]"),
         ({"renorm": True, "renorm_clipping": {"rmax": 0.5, "rmin": 2}}, ValueError, r"rmax.*must be >="),
         ({"renorm": True, "renorm_clipping": {"dmax": -1}}, ValueError, r"dmax.*must be >= 0"),
         ({"renorm": True, "renorm_clipping": {"rmin": -1}}, ValueError, r"rmin.*must be >= 0"),
         ({"renorm": True, "renorm_clipping": [1, 2]}, TypeError, r"must be a dict"),
         ({"renorm": True, "renorm_clipping": {"rmax": "big"}}, TypeError, r"renorm_clipping\['rmax'\]"),
-        ({"renorm_clipping": {"rmax": 2.0}}, ValueError, r"only applies with `renorm=True`"),
+        ({"renorm_clipping": [1, 2]}, TypeError, r"must be a dict.*renorm_clipping=\[1, 2\]"),
         ({"synchronized": 1}, TypeError, r"`synchronized` must be a bool.*synchronized=1"),
         ({"unbiased_variance": None}, TypeError, r"`unbiased_variance` must be a bool"),
         ({"momentum": 1.5}, ValueError, r"or None \(a cumulative average\).*momentum=1.5"),
@@ -268,3 +268,75 @@ def test_bad_option_values_are_refused(kwargs, error, match):
 def test_ghost_batches_cannot_use_the_batch_axis_as_channel():
     with pytest.raises(ValueError, match=r"axis 0 is the batch axis.*axis=0"):
         ManualBatchNorm(axis=0, virtual_batch_size=2).build((4, 3))
+
+
+# -- statistics that must not move, and sizes known only at run time --------------------
+
+
+def _unbiased_update(moving, x, momentum):
+    """NumPy: one moving-variance update with the unbiased variance of `x` over axis 0."""
+    return moving * momentum + x.astype("float64").var(axis=0, ddof=1) * (1 - momentum)
+
+
+def test_unbiased_variance_in_fit_with_a_ragged_last_batch():
+    # 10 examples in batches of 4: the last batch has 2, and the compiled step
+    # sees an unknown batch size (a tensor count, not a Python int).
+    rng = np.random.default_rng(3)
+    x = _batch(rng, (10, 3))
+    model = keras.Sequential([keras.Input((3,)), ManualBatchNorm(momentum=0.5, unbiased_variance=True, center=False, scale=False)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, np.zeros_like(x), batch_size=4, shuffle=False, epochs=1, verbose=0)
+    expected = np.ones(3)
+    for start in range(0, 10, 4):
+        expected = _unbiased_update(expected, x[start : start + 4], 0.5)
+    np.testing.assert_allclose(to_numpy(model.layers[0].moving_variance), expected, rtol=1e-5)
+
+
+def test_unbiased_variance_keeps_a_fully_masked_channel():
+    rng = np.random.default_rng(4)
+    x = _batch(rng, (2, 5, 3))
+    layer = ManualBatchNorm(momentum=0.5, unbiased_variance=True, moving_variance_initializer="ones")
+    layer(x, training=True, mask=np.zeros((2, 5), dtype=bool))
+    np.testing.assert_array_equal(to_numpy(layer.moving_variance), np.ones(3, dtype="float32"))
+    np.testing.assert_array_equal(to_numpy(layer.moving_mean), np.zeros(3, dtype="float32"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["nan", "empty", "masked"],
+)
+def test_cumulative_average_skips_thrown_away_batches(bad):
+    # Batch means 1, (thrown away), 3: the cumulative mean is 2 over 2 batches.
+    layer = ManualBatchNorm(momentum=None)
+    layer(np.full((2, 1), 1.0, "float32"), training=True)
+    if bad == "nan":
+        layer(np.full((2, 1), np.nan, "float32"), training=True)
+    elif bad == "empty":
+        layer(np.zeros((0, 1), "float32"), training=True)
+    else:
+        layer(np.full((2, 1), 7.0, "float32"), training=True, mask=np.zeros((2,), dtype=bool))
+    layer(np.full((2, 1), 3.0, "float32"), training=True)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), [2.0], rtol=1e-6)
+    assert int(to_numpy(layer.num_batches_tracked)) == 2
+
+
+def test_momentum_one_freezes_the_statistics():
+    layer = ManualBatchNorm(momentum=1.0, renorm=True, renorm_momentum=1.0)
+    layer(_batch(np.random.default_rng(5), (8, 3)), training=True)
+    np.testing.assert_array_equal(to_numpy(layer.moving_mean), np.zeros(3, "float32"))
+    np.testing.assert_array_equal(to_numpy(layer.moving_variance), np.ones(3, "float32"))
+
+
+def test_loads_every_config_keras_accepts():
+    # Keras keeps renorm_clipping without renorm, and accepts momentum=1.0.
+    for kwargs in (
+        {"momentum": 1.0},
+        {"renorm_clipping": {"rmax": 3.0, "rmin": 0.3, "dmax": 5.0}},
+        {"renorm": True},  # Keras stores renorm_clipping={} here
+        {"axis": 1, "center": False, "epsilon": 1e-5, "momentum": 0.9},
+    ):
+        config = keras.layers.BatchNormalization(**kwargs).get_config()
+        layer = ManualBatchNorm.from_config(config)
+        for key, value in config.items():
+            if key not in ("dtype",):
+                assert layer.get_config()[key] == value, key
