@@ -76,7 +76,7 @@ def timed_command(command):
 
 def bench_experiment(repeats):
     """Times the whole keras-bn command against the notebook's TF1 code, alternately."""
-    keras_bn_cli = [sys.executable, "-m", "keras_bn.cli", "--variants", "manual", "--quiet"]
+    keras_bn_cli = [sys.executable, "-m", "keras_bn.experiment.cli", "--variants", "manual", "--quiet"]
     notebook = [sys.executable, str(ROOT / "benchmarks" / "notebook_tf1.py")]
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as out:

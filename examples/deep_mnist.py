@@ -20,7 +20,7 @@ import sys
 if importlib.util.find_spec("keras_bn") is None:  # Run from a checkout that is not installed.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_bn.cli import main  # noqa: E402
+from keras_bn.experiment.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,147 @@
+"""`RunConfig`: the one frozen description of an experiment, validated once, naming its folder."""
+
+import dataclasses
+import functools
+import hashlib
+import json
+
+import keras
+
+from keras_bn import _checks
+
+__all__ = ["DESCRIPTIONS", "VARIANTS", "ExperimentError", "RunConfig"]
+
+#: What each variant normalizes with, in the notebook's order.
+DESCRIPTIONS = {
+    "none": "no batch normalization",
+    "keras": "keras.layers.BatchNormalization",
+    "manual": "keras_bn.ManualBatchNorm",
+}
+
+#: The model variants: no normalization, Keras's batch norm, the hand-written one.
+VARIANTS = tuple(DESCRIPTIONS)
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot start as asked: an `out_dir` that cannot be written, or
+    `distribute="mirrored"` on a backend other than TensorFlow."""
+
+
+def _initializer(name, value):
+    """Returns a JSON-serializable `kernel_initializer`: a name, or an initializer's config."""
+    if isinstance(value, keras.initializers.Initializer):
+        return json.loads(json.dumps(keras.initializers.serialize(value)))
+    if value != "notebook":
+        try:
+            keras.initializers.get(value)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f'`{name}` must be "notebook" or what `keras.initializers.get` accepts. '
+                f"Received: {name}={value!r}"
+            ) from None
+    return value
+
+
+def _distribute(name, value):
+    """Returns `value` if it is `None` or `"mirrored"`, else raises a `ValueError`."""
+    if value is not None and value != "mirrored":
+        raise ValueError(f"`{name}` must be None or 'mirrored'. Received: {name}={value!r}")
+    return value
+
+
+_CHECKS = {
+    "variants": functools.partial(_checks.names, allowed=VARIANTS),
+    "seeds": _checks.seeds,
+    "batches": _checks.positive_int,
+    "batch_size": _checks.positive_int,
+    "learning_rate": lambda name, value: _checks.learning_rate(value, name),
+    "kernel_initializer": _initializer,
+    "validate_every": functools.partial(_checks.positive_int, allow_none=True),
+    "check_every": functools.partial(_checks.positive_int, allow_none=True),
+    "num_samples": _checks.non_negative_int,
+    "checkpoint_every": _checks.positive_int,
+    "distribute": _distribute,
+    "backend": lambda name, value: str(value),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides an experiment's numbers, checked once when it is made.
+
+    The same object is written as-is into every checkpoint and into
+    `results.json`, compared as-is when a run resumes, and names the run's
+    folder (`name`), so a changed setting gets a folder of its own and the same
+    settings find their checkpoints again.
+
+    Attributes:
+        variants: Names from `VARIANTS` (a sequence or a comma-separated
+            string). Defaults to all three.
+        seeds: Seeds of the weights and the batch order (an int, a sequence
+            or a comma-separated string); every variant trains once per seed.
+            Defaults to `(0,)`.
+        batches: Training batches per run. Defaults to `800`.
+        batch_size: Examples per batch. Defaults to `32`.
+        learning_rate: Adam's learning rate, positive and finite. Defaults to
+            `0.002`.
+        kernel_initializer: Passed to `deep_mnist_model`; `"notebook"` is the
+            low-level notebook's truncated normal. Defaults to
+            `"glorot_uniform"`.
+        validate_every: Validation cadence in batches, or `None`. Defaults to
+            `100`.
+        check_every: Training-batch cadence in batches, or `None`. Defaults to
+            `25`.
+        num_samples: Test images scored one at a time. Defaults to `100`.
+        checkpoint_every: Batches between two checkpoints. Defaults to `100`.
+        distribute: `None`, or `"mirrored"` for `tf.distribute.MirroredStrategy`
+            over every GPU (else every CPU device) with synchronized batch
+            normalization; TensorFlow only. Defaults to `None`.
+        backend: The Keras backend. Defaults to the current one.
+
+    Raises:
+        ValueError: naming the first setting that is invalid.
+        ExperimentError: for `distribute="mirrored"` off TensorFlow.
+
+    Example:
+
+    >>> config = RunConfig(variants="manual", batches=300)
+    >>> config.variants, config.seeds, config.learning_rate
+    (('manual',), (0,), 0.002)
+    >>> config.name.startswith("manual_b300_s0_")
+    True
+    """
+
+    variants: tuple = VARIANTS
+    seeds: tuple = (0,)
+    batches: int = 800
+    batch_size: int = 32
+    learning_rate: float = 0.002
+    kernel_initializer: object = "glorot_uniform"
+    validate_every: int = 100
+    check_every: int = 25
+    num_samples: int = 100
+    checkpoint_every: int = 100
+    distribute: str = None
+    backend: str = dataclasses.field(default_factory=lambda: keras.backend.backend())
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = _CHECKS[field.name](field.name, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+        if self.distribute == "mirrored" and self.backend != "tensorflow":
+            raise ExperimentError(
+                "`distribute='mirrored'` trains with tf.distribute.MirroredStrategy, which "
+                f"needs the TensorFlow backend. Received: backend {self.backend!r}; set "
+                "KERAS_BACKEND=tensorflow"
+            )
+
+    def to_dict(self):
+        """Returns the settings as a JSON-ready dict (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def name(self):
+        """The run folder's name: variants, batches, seeds and a hash of every setting."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        seeds = "-".join(map(str, self.seeds)) if len(self.seeds) <= 5 else f"{len(self.seeds)}x"
+        return f"{'-'.join(self.variants)}_b{self.batches}_s{seeds}_{digest[:8]}"

@@ -1,0 +1,152 @@
+"""`run_experiment`: the notebook's experiment (no BN, Keras BN, `ManualBatchNorm`) over seeds."""
+
+import os
+import sys
+
+import keras
+
+from keras_bn import _checks
+from keras_bn.experiment.config import DESCRIPTIONS, ExperimentError, RunConfig
+from keras_bn.experiment.interrupt import StopOnSignal
+from keras_bn.experiment.results import format_summary, seed_statistics, write_results
+from keras_bn.experiment.run import Run, prepare_data
+
+__all__ = ["make_config", "run_experiment", "run_folder"]
+
+
+def make_config(config=None, **settings):
+    """Returns a `RunConfig`: `config` itself, or one made from variants and `settings`.
+
+    `config` may be a `RunConfig` (then `settings` must be empty), or the
+    variants. `seed=N` is accepted for `seeds=(N,)`.
+    """
+    if isinstance(config, RunConfig):
+        if settings:
+            raise ValueError(f"Pass a RunConfig or settings, not both. Received: {settings}")
+        return config
+    if config is not None:
+        settings["variants"] = config
+    if settings.get("seed") is not None:
+        if settings.get("seeds") is not None:
+            raise ValueError(f"Pass `seed` or `seeds`, not both. Received: seed="
+                             f"{settings['seed']!r}, seeds={settings['seeds']!r}")
+        settings["seeds"] = (_checks.non_negative_int("seed", settings["seed"]),)
+    settings.pop("seed", None)
+    if settings.get("seeds") is None:
+        settings.pop("seeds", None)
+    return RunConfig(**settings)
+
+
+def run_folder(out_dir, config):
+    """Returns `out_dir/<config.name>`, raising `ExperimentError` unless it can be written.
+
+    Nothing is created: the nearest existing folder on the path is checked.
+    """
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        reason = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    else:
+        return os.path.join(os.fspath(out_dir), config.name)
+    raise ExperimentError(f"`out_dir` must be a folder that can be written to. Received: "
+                          f"out_dir={os.fspath(out_dir)!r} ({reason})")
+
+
+def _progress_stream(progress):
+    """Returns the stream a `progress` argument asks for: `None` for no progress bar."""
+    if progress is True:
+        return sys.stderr
+    if progress is False or progress is None:
+        return None
+    if callable(getattr(progress, "write", None)):
+        return progress
+    raise ValueError(
+        f"`progress` must be a bool or a writable text stream. Received: progress={progress!r}"
+    )
+
+
+def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, progress=True,
+                   quiet=False, print_fn=print, **settings):
+    """Runs the seed notebook's experiment: the same deep CNN with and without batch norm.
+
+    For each seed, and each variant in order, a `Run` sets the seed, builds
+    `deep_mnist_model(bn=variant)`, compiles it like the notebook and trains
+    it on a `BatchFeeder` with that seed's batch order while `NotebookLogger`
+    prints the notebook's log. Then the summary table is printed (with several
+    seeds: the mean, standard deviation, min and max of each variant's final
+    test accuracy).
+
+    With `out_dir`, everything goes to the run folder `out_dir/<config.name>`
+    (named by the settings, so other settings get another folder):
+    `results.json`, `curves.png`, and a checkpoint per variant and seed in
+    `checkpoints/`, written atomically every `checkpoint_every` batches and
+    when the run ends. The same call again resumes unfinished runs where they
+    stopped, with the numbers of an uninterrupted run, and does not train
+    finished ones again. SIGINT (Ctrl-C) and SIGTERM stop training after the
+    current batch, save a checkpoint and raise `TrainingInterrupted`; the
+    signal handlers are put back afterwards.
+
+    Args:
+        config: A `RunConfig`, or the variants (names from `VARIANTS`, a
+            sequence or a comma-separated string). Defaults to `None`: a
+            `RunConfig` made from `settings`.
+        data: MNIST-like `(train, validation, test)` splits to use instead of
+            loading MNIST. Defaults to `None`: `keras_bn.load_mnist(data_dir)`.
+        data_dir: Folder of the MNIST files for `load_mnist`. Defaults to
+            `None` (`KERAS_BN_MNIST_DIR`, then the Keras download).
+        out_dir: Folder under which the run folder is made. Defaults to
+            `None`: write nothing, keep no checkpoints.
+        progress: `True` for a progress bar per run on standard error, a text
+            stream to write it to, or `False`. Defaults to `True`.
+        quiet: Print only the summary: no log, no progress. Defaults to `False`.
+        print_fn: Receives every line printed. Defaults to `print`.
+        **settings: `RunConfig` fields (`batches=300`, `seeds=[0, 1]`, ...);
+            `seed=N` means `seeds=(N,)`.
+
+    Returns:
+        The dict written to `results.json` (layout: `docs/results.schema.json`):
+        `config` (`RunConfig.to_dict()`), `keras_version`, `data` (a digest of
+        the data), `runs` (`{variant: {seed: run}}`, each run as
+        `Run.result()` gives it) and `statistics` (`seed_statistics(runs)`).
+
+    Raises:
+        ValueError: if a setting is invalid.
+        ExperimentError: if `out_dir` cannot be written, or
+            `distribute="mirrored"` off TensorFlow.
+        keras_bn.experiment.CheckpointMismatchError: if the run folder holds a
+            checkpoint of one of these runs written with other data.
+        keras_bn.experiment.CheckpointError: if such a checkpoint is corrupt.
+        keras_bn.experiment.TrainingInterrupted: after SIGINT or SIGTERM.
+        keras_bn.MNISTError: if MNIST cannot be loaded.
+    """
+    config = make_config(config, **settings)
+    stream = _progress_stream(progress)
+    folder = None if out_dir is None else run_folder(out_dir, config)
+    if data is None:
+        from keras_bn.datasets import load_mnist
+
+        data = load_mnist(data_dir)
+    data = prepare_data(data)
+    log = (lambda *args, **kwargs: None) if quiet else print_fn
+    with StopOnSignal() as stop:
+        runs = [Run(config, variant, seed, data, folder=folder, stop=stop, print_fn=log,
+                    progress=None if quiet else stream)
+                for seed in config.seeds for variant in config.variants]
+        if folder is not None:
+            os.makedirs(os.path.join(folder, "checkpoints"), exist_ok=True)
+        results = {variant: {} for variant in config.variants}
+        for run in runs:
+            seed = "" if len(config.seeds) == 1 else f", seed {run.seed}"
+            log(f"=== {run.variant}: {DESCRIPTIONS[run.variant]}{seed} ===")
+            results[run.variant][str(run.seed)] = run.train()
+            log("")
+    results = {"config": config.to_dict(), "keras_version": keras.__version__,
+               "data": data.fingerprint, "runs": results, "statistics": seed_statistics(results)}
+    print_fn(format_summary(results))
+    if folder is not None:
+        paths = write_results(results, folder)
+        print_fn(f"Wrote {paths[0]} and {paths[1]}")
+    return results
