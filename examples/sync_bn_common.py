@@ -304,6 +304,8 @@ def uneven_report(rank, outputs, grad, moving_mean, moving_variance):
     mean_of_means = np.mean([p.mean(axis=(0, 1, 2)) for p in parts], axis=0)
     return {
         "local_batch": int(np.asarray(outputs).shape[0]),
+        "grad_scale": float(np.abs(ref["grad"]).max()),
+        "moving_variance_scale": float(np.abs(ref["moving_variance"]).max()),
         "outputs_error": float(np.abs(np.asarray(outputs) - ref["outputs"][part]).max()),
         "grad_error": float(np.abs(np.asarray(grad) - ref["grad"][part]).max()),
         "moving_mean_error": float(np.abs(np.asarray(moving_mean) - ref["moving_mean"]).max()),
@@ -324,6 +326,8 @@ def summarize(results):
         if section in results[0]:
             for k in results[0][section]:
                 summary[f"{section}.{k}"] = max(r[section][k] for r in results)
+    if "uneven" in results[0]:
+        summary["uneven.local_batches"] = [r["uneven"]["local_batch"] for r in results]
     if "benchmark" in results[0]:
         summary["benchmark"] = [r["benchmark"] for r in results]
     if "final_weights" in results[0]:
