@@ -122,9 +122,20 @@ def _variables(layer):
     return {v.name.split("/")[-1]: v for v in layer.non_trainable_variables}
 
 
+def _value(variable):
+    """Returns the current value of a Keras variable as a NumPy array (a copy)."""
+    value = variable.value
+    # NumPy 2 warns when it converts a tf.Variable or a torch Parameter itself.
+    if keras.backend.backend() == "tensorflow":
+        value = value.read_value()
+    elif keras.backend.backend() == "torch":
+        return value.detach().cpu().numpy().copy()
+    return np.array(keras.ops.convert_to_numpy(value))
+
+
 def _snapshot(variables):
     """Returns the current values of `variables` as NumPy arrays."""
-    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+    return [_value(v) for v in variables]
 
 
 def _restore(variables, values):
@@ -179,8 +190,8 @@ def _batch_statistics(model, layers, x):
     model(x, training=True)
     return [
         (
-            np.asarray(keras.ops.convert_to_numpy(layer.moving_mean), np.float64),
-            np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), np.float64),
+            _value(layer.moving_mean).astype(np.float64),
+            _value(layer.moving_variance).astype(np.float64),
         )
         for layer, _ in layers
     ]
