@@ -1,5 +1,6 @@
-"""Tests for keras_bn.experiment and the `keras-bn` command, end to end."""
+"""Tests for keras_bn.experiment: run_experiment, Run and RunConfig, end to end."""
 
+import dataclasses
 import io
 import json
 import os
@@ -10,35 +11,29 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import jsonschema
 import keras
 import numpy as np
 import pytest
 
 from helpers import write_fake_mnist_npz
-from keras_bn.checkpoint import CheckpointMismatchError, load_checkpoint
 from keras_bn.experiment import (
     VARIANTS,
+    CheckpointMismatchError,
     ExperimentError,
-    checkpoint_path,
+    Run,
+    RunConfig,
+    TrainingInterrupted,
     format_summary,
-    parse_seeds,
-    parse_variants,
     run_experiment,
-    train_variant,
 )
-from keras_bn.interrupt import TrainingInterrupted
+from keras_bn.experiment.checkpoint import read_state
 
 ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "docs" / "results.schema.json").read_text(encoding="utf-8"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RESULT_KEYS = {
-    "final_validation_accuracy",
-    "final_test_accuracy",
-    "accuracy_on_100_samples",
-    "train_seconds",
-    "eval_seconds",
-    "fit_seconds",
-    "history",
-}
+RESULT_KEYS = {"final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples",
+               "train_seconds", "eval_seconds", "fit_seconds", "history"}
 
 
 def _synthetic_mnist(n_train=96, n_val=24, n_test=110, seed=0):
@@ -53,61 +48,66 @@ def _synthetic_mnist(n_train=96, n_val=24, n_test=110, seed=0):
     return split(n_train), split(n_val), split(n_test)
 
 
-def test_run_experiment_writes_results_and_curves(tmp_path):
+def _load(folder):
+    """The results.json of a run folder."""
+    with open(folder / "results.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_run_experiment_writes_results_that_follow_the_schema(tmp_path):
     lines = []
     results = run_experiment(
         batches=5, batch_size=8, seed=3, data=_synthetic_mnist(), out_dir=tmp_path / "out",
         validate_every=2, check_every=1, print_fn=lines.append,
     )
-    assert list(results["variants"]) == list(VARIANTS)
-    assert results["config"]["batches"] == 5 and results["config"]["seed"] == 3
-    with open(tmp_path / "out" / "results.json", encoding="utf-8") as f:
-        saved = json.load(f)
+    config = RunConfig(batches=5, batch_size=8, seeds=3, validate_every=2, check_every=1)
+    folder = tmp_path / "out" / config.name
+    assert os.listdir(tmp_path / "out") == [config.name]
+    saved = _load(folder)
+    jsonschema.validate(saved, SCHEMA, cls=jsonschema.Draft202012Validator)
     assert saved == json.loads(json.dumps(results))
-    # One seed: the 0.1.0 keys, plus the per-seed runs and their statistics.
-    assert list(saved) == ["config", "variants", "runs", "statistics"]
-    assert saved["config"]["seeds"] == [3]
-    assert saved["runs"] == {name: {"3": run} for name, run in saved["variants"].items()}
-    for name, result in saved["variants"].items():
-        assert set(result) == RESULT_KEYS
-        for key in ("final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples"):
-            assert 0.0 <= result[key] <= 1.0
-        assert result["train_seconds"] > 0 and result["fit_seconds"] >= result["train_seconds"]
-        events = [(e["event"], e["batch"]) for e in result["history"]]
+    assert saved["config"] == config.to_dict() and saved["keras_version"] == keras.__version__
+    assert list(saved["runs"]) == list(VARIANTS)
+    for by_seed in saved["runs"].values():
+        (run,) = by_seed.values()
+        assert list(by_seed) == ["3"] and set(run) == RESULT_KEYS
+        assert run["train_seconds"] > 0 and run["fit_seconds"] >= run["train_seconds"]
+        events = [(e["event"], e["batch"]) for e in run["history"]]
         assert events == [("validation", 0), ("training", 1), ("validation", 2),
                           ("training", 3), ("validation", 4), ("final_validation", 4),
                           ("final_test", 4), ("samples", 4)]
-    assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert (folder / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert sorted(os.listdir(folder / "checkpoints")) == [
+        "keras-seed3.zip", "manual-seed3.zip", "none-seed3.zip"]
     # Each variant's log, then the summary table naming every variant.
     assert lines[0] == "=== none: no batch normalization ==="
     assert "Batch: 0, Validation loss: " in lines[1]
-    printed = "\n".join(lines).splitlines()
-    starts = ("variant", "none ", "keras ", "manual ")
-    table = [line for line in printed if line.startswith(starts)]
+    table = [line for line in "\n".join(lines).splitlines()
+             if line.startswith(("variant", "none ", "keras ", "manual "))]
     assert table[0].split()[:2] == ["variant", "final"] and len(table) == 4
+    assert lines[-1] == f"Wrote {folder / 'results.json'} and {folder / 'curves.png'}"
 
 
-def test_same_seed_same_run():
-    data = _synthetic_mnist()
-    kwargs = dict(batches=4, batch_size=8, seed=1, validate_every=2, check_every=1,
-                  num_samples=3, print_fn=lambda _: None)
-    a = train_variant("keras", data, **kwargs)
-    b = train_variant("keras", data, **kwargs)
+def test_the_same_seed_gives_the_same_run():
+    config = RunConfig(variants="keras", seeds=1, batches=4, batch_size=8, validate_every=2,
+                       check_every=1, num_samples=3)
+    a, b = (Run(config, "keras", 1, _synthetic_mnist(), print_fn=lambda _: None).train()
+            for _ in range(2))
     assert [(e["batch"], e["loss"]) for e in a["history"]] == [
-        (e["batch"], e["loss"]) for e in b["history"]
-    ]
+        (e["batch"], e["loss"]) for e in b["history"]]
 
 
-def test_parse_variants():
-    assert parse_variants("none, manual") == ("none", "manual")
-    assert parse_variants(["keras"]) == ("keras",)
-    message = r"`variants` may only hold none, keras, manual. Received: 'bn'"
-    with pytest.raises(ValueError, match=message):
-        parse_variants("none,bn")
-    with pytest.raises(ValueError, match="must not repeat"):
-        parse_variants("keras,keras")
-    with pytest.raises(ValueError, match="at least one"):
-        parse_variants("")
+def test_a_run_config_is_frozen_and_checked_once():
+    config = RunConfig(variants="none, manual", seeds="2,0", learning_rate=1e-3)
+    assert (config.variants, config.seeds) == (("none", "manual"), (2, 0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.batches = 5
+    assert RunConfig(**{**config.to_dict(), "variants": ["none", "manual"]}) == config
+    # Every setting names the folder: another value, another folder.
+    others = [dataclasses.replace(config, **{name: value}) for name, value in [
+        ("batches", 801), ("learning_rate", 0.01), ("seeds", (2,)), ("variants", ("none",)),
+        ("check_every", None), ("kernel_initializer", "notebook")]]
+    assert len({config.name, *(other.name for other in others)}) == 1 + len(others)
 
 
 @pytest.mark.parametrize(
@@ -115,74 +115,29 @@ def test_parse_variants():
     [
         ({"batches": 0}, r"`batches` must be a positive int. Received: batches=0"),
         ({"batch_size": -4}, r"`batch_size` must be a positive int"),
-        ({"seed": -1}, r"`seed` must be an int >= 0"),
-        ({"learning_rate": 0}, r"`learning_rate` must be a positive number"),
-        ({"variants": "all"}, r"`variants` may only hold"),
+        ({"seed": -1}, r"`seed` must be an int >= 0. Received: seed=-1"),
+        ({"learning_rate": 0}, r"`learning_rate` must be a positive finite number"),
+        ({"learning_rate": float("inf")}, r"`learning_rate` must be a positive finite number"),
+        ({"learning_rate": True}, r"`learning_rate` must be a positive finite number"),
+        ({"variants": "all"}, r"`variants` may only hold none, keras, manual. Received: 'all'"),
+        ({"variants": "keras,keras"}, r"`variants` must not repeat a value"),
+        ({"variants": ""}, r"`variants` must hold at least one of none, keras, manual"),
         ({"seed": 1, "seeds": [2]}, r"Pass `seed` or `seeds`, not both"),
-        ({"seeds": [0, 0]}, r"`seeds` must not repeat a seed"),
+        ({"seeds": [0, 0]}, r"`seeds` must not repeat a value"),
         ({"seeds": "0,x"}, r"`seeds` must be ints >= 0. Received: 'x' in seeds='0,x'"),
+        ({"seeds": [True]}, r"`seeds` must be ints >= 0"),
         ({"checkpoint_every": 0}, r"`checkpoint_every` must be a positive int"),
+        ({"validate_every": 0}, r"`validate_every` must be a positive int, or None"),
+        ({"num_samples": -1}, r"`num_samples` must be an int >= 0"),
+        ({"kernel_initializer": "nope"}, r"`kernel_initializer` must be \"notebook\" or"),
         ({"progress": 42}, r"`progress` must be a bool or a writable text stream"),
-        ({"distribute": "ring"}, r"`distribute` must be None, 'mirrored' or a tf.distribute"),
+        ({"distribute": "ring"}, r"`distribute` must be None or 'mirrored'"),
+        ({"no_such_setting": 1}, r"unexpected keyword argument 'no_such_setting'"),
     ],
 )
-def test_run_experiment_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
         run_experiment(data=_synthetic_mnist(), **kwargs)
-
-
-def _run_cli(script, *args):
-    """Runs a Python `script` (a path or `-m module`) with `args`; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, *script, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-
-
-def test_cli_subprocess_writes_results_and_curves(tmp_path):
-    data_dir = write_fake_mnist_npz(tmp_path)
-    out = tmp_path / "run"
-    proc = _run_cli(
-        ["-m", "keras_bn.cli"], "--variants", "none,manual", "--batches", "2", "--batch-size", "4",
-        "--seed", "1", "--data-dir", data_dir, "--out", out,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "=== none: no batch normalization ===" in proc.stdout
-    assert "Batch: 0, Validation loss: " in proc.stdout
-    assert "Accuracy on 40 samples: " in proc.stdout
-    with open(out / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert list(results["variants"]) == ["none", "manual"]
-    assert results["config"]["batch_size"] == 4
-    assert set(results["variants"]["manual"]) == RESULT_KEYS
-    assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC
-
-
-def test_example_script_is_the_cli():
-    proc = _run_cli([str(ROOT / "examples" / "deep_mnist.py")], "--batches", "0")
-    assert proc.returncode == 2
-    assert "usage: keras-bn [-h] [--variants LIST]" in proc.stderr
-    assert "--batches: must be a positive integer, got '0'" in proc.stderr
-
-
-@pytest.mark.mnist
-@pytest.mark.slow
-def test_real_mnist_batch_norm_learns_and_plain_does_not(mnist_dir, tmp_path):
-    """The notebook's claim at batch 300: BN networks learn, the plain one does not."""
-    results = run_experiment(
-        batches=301, seed=0, data_dir=mnist_dir, out_dir=tmp_path, check_every=None,
-        num_samples=0, print_fn=lambda _: None,
-    )
-
-    def accuracy_at_300(variant):
-        """The validation accuracy logged after batch 300."""
-        (entry,) = [e for e in results["variants"][variant]["history"]
-                    if e["event"] == "validation" and e["batch"] == 300]
-        return entry["accuracy"]
-
-    accuracies = {variant: accuracy_at_300(variant) for variant in VARIANTS}
-    assert accuracies["keras"] > 0.5, accuracies
-    assert accuracies["manual"] > 0.5, accuracies
-    assert accuracies["none"] < 0.2, accuracies
 
 
 # --- Seeds, progress, checkpoints and resume -------------------------------------
@@ -206,22 +161,15 @@ def two_seeds(tmp_path_factory):
     lines, progress = [], io.StringIO()
     results = run_experiment(seeds="0,1", data=_synthetic_mnist(), out_dir=out,
                              progress=progress, print_fn=lines.append, **TINY)
-    return SimpleNamespace(results=results, out=out, lines=lines, progress=progress.getvalue())
-
-
-def test_parse_seeds():
-    assert parse_seeds("0, 1,2") == (0, 1, 2)
-    assert parse_seeds(4) == (4,) and parse_seeds(np.int64(4)) == (4,)
-    for bad, match in [("", "at least one"), ([-1], "ints >= 0"), ([True], "ints >= 0"),
-                       (1.5, "at least one"), ("1,1", "must not repeat")]:
-        with pytest.raises(ValueError, match=match):
-            parse_seeds(bad)
+    folder = out / RunConfig(seeds=(0, 1), **TINY).name
+    return SimpleNamespace(results=results, out=out, folder=folder, lines=lines,
+                           progress=progress.getvalue())
 
 
 def test_seeds_give_statistics_a_table_and_curves(two_seeds):
     results = two_seeds.results
-    assert list(results) == ["config", "runs", "statistics"]  # No single-seed `variants`.
-    assert results["config"]["seeds"] == [0, 1] and results["config"]["seed"] is None
+    jsonschema.validate(_load(two_seeds.folder), SCHEMA, cls=jsonschema.Draft202012Validator)
+    assert results["config"]["seeds"] == [0, 1]
     runs = results["runs"]["none"]
     assert list(runs) == ["0", "1"] and _numbers(runs["0"]) != _numbers(runs["1"])
     accuracies = [runs[seed]["final_test_accuracy"] for seed in ("0", "1")]
@@ -231,20 +179,17 @@ def test_seeds_give_statistics_a_table_and_curves(two_seeds):
         "mean": np.mean(accuracies), "std": np.std(accuracies, ddof=1),
         "min": min(accuracies), "max": max(accuracies),
     })
-    with open(two_seeds.out / "results.json", encoding="utf-8") as f:
-        assert json.load(f) == json.loads(json.dumps(results))
-    assert (two_seeds.out / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert (two_seeds.folder / "curves.png").read_bytes()[:8] == PNG_MAGIC
     lines = two_seeds.lines
     assert lines[0] == "=== none: no batch normalization, seed 0 ==="
     assert "=== none: no batch normalization, seed 1 ===" in lines
     table = format_summary(results).splitlines()
     assert table[0].split() == ["variant", "seeds", "test", "mean", "test", "std", "test", "min",
                                 "test", "max", "val", "mean", "train", "s/run"]
-    row = table[2].split()
     test = stats["final_test_accuracy"]
-    assert row[:6] == ["none", "2"] + [f"{test[k]:.4f}" for k in ("mean", "std", "min", "max")]
+    assert table[2].split()[:6] == ["none", "2"] + [f"{test[k]:.4f}"
+                                                     for k in ("mean", "std", "min", "max")]
     assert lines[-2] == format_summary(results)
-    assert lines[-1].startswith("Wrote ") and lines[-1].endswith("curves.png")
 
 
 def test_progress_off_a_terminal_is_a_few_plain_lines(two_seeds):
@@ -257,76 +202,74 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(two_seeds):
     assert not any("batch/s" in line for line in two_seeds.lines)  # The log stays clean.
 
 
-def test_finished_runs_are_not_trained_again_and_quiet_prints_only_the_summary(two_seeds, capsys):
+def test_the_same_call_again_trains_nothing_and_quiet_prints_only_the_summary(two_seeds, capsys):
     lines = []
     again = run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=two_seeds.out,
                            quiet=True, print_fn=lines.append, **TINY)
     assert again["runs"] == json.loads(json.dumps(two_seeds.results["runs"]))
-    assert lines == [
-        format_summary(again),
-        f"Wrote {two_seeds.out / 'results.json'} and {two_seeds.out / 'curves.png'}",
-    ]
+    assert lines == [format_summary(again), f"Wrote {two_seeds.folder / 'results.json'} and "
+                     f"{two_seeds.folder / 'curves.png'}"]
     assert capsys.readouterr().err == ""  # No progress either.
     lines = []
-    run_experiment(seeds=[1], data=_synthetic_mnist(), out_dir=two_seeds.out,
-                   print_fn=lines.append, **TINY)
-    path = checkpoint_path(two_seeds.out, "none", 1)
-    assert lines[:2] == ["=== none: no batch normalization ===",
-                         f"Already finished ({path}); not trained again."]
+    run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=two_seeds.out,
+                   progress=False, print_fn=lines.append, **TINY)
+    path = two_seeds.folder / "checkpoints" / "none-seed1.zip"
+    assert f"Already finished ({path}); not trained again." in lines
     assert not any(line.startswith("Batch: ") for line in lines)
 
 
-@pytest.mark.parametrize(
-    "change, difference",
-    [
-        ({"batches": 4}, r"batches: 3 there, 4 now"),
-        ({"learning_rate": 0.01}, r"learning_rate: 0\.002 there, 0\.01 now"),
-        ({"data": _synthetic_mnist(seed=1)}, r"data: '[0-9a-f]{32}' there, '[0-9a-f]{32}' now"),
-    ],
-)
-def test_a_checkpoint_of_another_configuration_is_refused(two_seeds, change, difference):
+def test_other_settings_get_their_own_folder(two_seeds):
+    """The demo's trap: the same --out with other flags trains a new run, it does not refuse."""
+    results = run_experiment(seeds=[0], data=_synthetic_mnist(), out_dir=two_seeds.out,
+                             progress=False, print_fn=lambda _: None, **{**TINY, "batches": 2})
+    folder = two_seeds.out / RunConfig(seeds=(0,), **{**TINY, "batches": 2}).name
+    assert folder != two_seeds.folder and _load(folder) == json.loads(json.dumps(results))
+    assert _load(two_seeds.folder)["config"]["batches"] == 3  # The other run is untouched.
+
+
+def test_a_checkpoint_of_other_data_is_refused_before_training(two_seeds):
     lines = []
-    kwargs = {**TINY, "data": _synthetic_mnist(), **change}
-    path = checkpoint_path(two_seeds.out, "none", 0)
+    path = two_seeds.folder / "checkpoints" / "none-seed0.zip"
     with pytest.raises(CheckpointMismatchError, match=(
-        rf"{path} was written by a run with another configuration \({difference}\)\. "
-        r"Resuming it would mix two experiments"
+        rf"{path} was written by a run with another configuration "
+        r"\(data: '[0-9a-f]{32}' there, '[0-9a-f]{32}' now\)\. Resuming it would mix"
     )):
-        run_experiment(seeds=[0], out_dir=two_seeds.out, print_fn=lines.append, **kwargs)
+        run_experiment(seeds=[0, 1], data=_synthetic_mnist(seed=1), out_dir=two_seeds.out,
+                       print_fn=lines.append, **TINY)
     assert lines == []  # Refused before anything trained.
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_numbers(two_seeds, tmp_path):
     before = signal.getsignal(signal.SIGINT)
-    lines = []
 
     def press_ctrl_c(line):
-        """Logs `line`, and presses Ctrl-C (a real SIGINT) once batch 1 is logged."""
-        lines.append(line)
-        if line.startswith("Batch: 1,"):
+        """Presses Ctrl-C (a real SIGINT) once seed 1 has logged batch 1."""
+        if line.startswith("Batch: 1,") and "seed 1" in started[-1]:
             os.kill(os.getpid(), signal.SIGINT)
+        started.append(line) if line.startswith("===") else None
 
+    started = []
     with pytest.raises(TrainingInterrupted) as info:
-        run_experiment(seeds=[1], data=_synthetic_mnist(), out_dir=tmp_path, progress=False,
+        run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=tmp_path, progress=False,
                        print_fn=press_ctrl_c, **TINY)
     assert signal.getsignal(signal.SIGINT) is before  # The library put its handler back.
     stop = info.value
-    path = checkpoint_path(tmp_path, "none", 1)
+    folder = tmp_path / RunConfig(seeds=(0, 1), **TINY).name
+    path = os.path.join(folder, "checkpoints", "none-seed1.zip")
     assert (stop.exit_code, stop.batches_done, stop.checkpoint) == (130, 2, path)
     assert str(stop).startswith("Stopped by SIGINT after batch 1 (2 of 3 done) of none, seed 1.")
-    assert not (tmp_path / "results.json").exists()
-    state = load_checkpoint(path).state
+    assert not (folder / "results.json").exists()
+    state = read_state(path)
     assert state["batches_done"] == 2 and not state["finished"]
     assert [e["batch"] for e in state["history"]] == [0, 1]
 
     lines = []
-    resumed = run_experiment(seeds=[1], data=_synthetic_mnist(), out_dir=tmp_path,
+    resumed = run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=tmp_path,
                              progress=False, print_fn=lines.append, **TINY)
-    assert lines[1] == f"Resuming from {path}: 2 of 3 batches done."
-    assert lines[2].startswith("Validation") or lines[2].startswith("Batch: 2,")
-    # Exactly the numbers of the uninterrupted run of the same seed.
-    uninterrupted = two_seeds.results["runs"]["none"]["1"]
-    assert _numbers(resumed["runs"]["none"]["1"]) == _numbers(uninterrupted)
+    assert f"Resuming from {path}: 2 of 3 batches done." in lines
+    # Exactly the numbers of the uninterrupted run.
+    assert _numbers(resumed["runs"]["none"]["1"]) == _numbers(two_seeds.results["runs"]["none"]["1"])
+    assert _numbers(resumed["runs"]["none"]["0"]) == _numbers(two_seeds.results["runs"]["none"]["0"])
 
 
 def test_an_out_dir_that_cannot_be_written_is_refused_before_loading_data(tmp_path):
@@ -353,13 +296,31 @@ def test_a_read_only_out_dir_is_refused(tmp_path):
         folder.chmod(0o700)
 
 
-def test_mirrored_needs_the_tensorflow_backend(monkeypatch):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+def test_mirrored_needs_the_tensorflow_backend():
     with pytest.raises(ExperimentError, match=(
         r"`distribute='mirrored'` trains with tf.distribute.MirroredStrategy, which needs the "
         r"TensorFlow backend. Received: backend 'jax'; set KERAS_BACKEND=tensorflow"
     )):
-        run_experiment(distribute="mirrored", data=_synthetic_mnist())
+        RunConfig(distribute="mirrored", backend="jax")
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_real_mnist_batch_norm_learns_and_plain_does_not(mnist_dir, tmp_path):
+    """The notebook's claim at batch 300: BN networks learn, the plain one does not."""
+    results = run_experiment(batches=301, seed=0, data_dir=mnist_dir, out_dir=tmp_path,
+                             check_every=None, num_samples=0, print_fn=lambda _: None)
+
+    def accuracy_at_300(variant):
+        """The validation accuracy logged after batch 300."""
+        (entry,) = [e for e in results["runs"][variant]["0"]["history"]
+                    if e["event"] == "validation" and e["batch"] == 300]
+        return entry["accuracy"]
+
+    accuracies = {variant: accuracy_at_300(variant) for variant in VARIANTS}
+    assert accuracies["keras"] > 0.5, accuracies
+    assert accuracies["manual"] > 0.5, accuracies
+    assert accuracies["none"] < 0.2, accuracies
 
 
 MIRRORED = """
@@ -370,7 +331,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import numpy as np
-from keras_bn.experiment import run_experiment
+from keras_bn.experiment import distribute, run_experiment
 
 rng = np.random.default_rng(0)
 def split(n):
@@ -384,6 +345,7 @@ single = run_experiment(**kwargs)
 losses = lambda results: [e["loss"] for e in results["runs"]["manual"]["0"]["history"]
                           if e["loss"] is not None]
 print(json.dumps({"config": mirrored["config"], "mirrored": losses(mirrored),
+                  "replicas": distribute.strategy("mirrored").num_replicas_in_sync,
                   "single": losses(single)}))
 """
 
@@ -396,7 +358,7 @@ def test_distribute_mirrored_trains_on_two_cpu_devices():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (result["config"]["distribute"], result["config"]["replicas"]) == ("mirrored", 2)
+    assert (result["config"]["distribute"], result["replicas"]) == ("mirrored", 2)
     assert len(result["mirrored"]) == len(result["single"]) == 5
     # After one step (the validation after batch 0) the statistics of the global batch give
     # the single device's loss to round-off; per-replica statistics were 1e-4 off there.
@@ -406,20 +368,24 @@ def test_distribute_mirrored_trains_on_two_cpu_devices():
 
 
 def test_cli_killed_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
-    """The issue's check: a real SIGTERM midway, a rerun of the same command, the same numbers."""
+    """A real SIGTERM midway, a rerun of the same command, the same numbers."""
     data_dir = write_fake_mnist_npz(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
            "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
+    settings = dict(variants="manual", batches=30, batch_size=8, seeds=(1,), checkpoint_every=5,
+                    check_every=1, validate_every=10, backend="tensorflow")
+    name = RunConfig(**settings).name
 
     def command(out):
         """The `keras-bn` command line of this test, writing to `out`."""
-        return [sys.executable, "-m", "keras_bn.cli", "--variants", "manual", "--batches", "30",
-                "--batch-size", "8", "--seed", "1", "--data-dir", str(data_dir), "--out", str(out),
-                "--checkpoint-every", "5", "--check-every", "1", "--validate-every", "10"]
+        return [sys.executable, "-m", "keras_bn.experiment.cli", "--variants", "manual",
+                "--batches", "30", "--batch-size", "8", "--seed", "1", "--data-dir",
+                str(data_dir), "--out", str(out), "--checkpoint-every", "5", "--check-every",
+                "1", "--validate-every", "10"]
 
-    def start(out, name):
+    def start(out, label):
         """Starts the command; stdout is a pipe, stderr a file."""
-        err = open(tmp_path / f"{name}.err", "w", encoding="utf-8")
+        err = open(tmp_path / f"{label}.err", "w", encoding="utf-8")
         proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=err, text=True,
                                 env=env, cwd=ROOT)
         err.close()
@@ -438,25 +404,22 @@ def test_cli_killed_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
     assert killed.returncode == 143, "".join(seen) + rest + stderr[-3000:]
     assert "keras-bn: stopped by SIGTERM after batch " in stderr
     assert "To resume, run the same command again: keras-bn --variants manual" in stderr
-    assert not (tmp_path / "killed" / "results.json").exists()
-    stopped_at = load_checkpoint(checkpoint_path(tmp_path / "killed", "manual", 1)).state
+    folder = tmp_path / "killed" / name
+    assert not (folder / "results.json").exists()
+    path = folder / "checkpoints" / "manual-seed1.zip"
+    stopped_at = read_state(path)
     assert 8 <= stopped_at["batches_done"] < 30 and not stopped_at["finished"]
 
     resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True,
                              env=env, cwd=ROOT, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (f"Resuming from {checkpoint_path(tmp_path / 'killed', 'manual', 1)}: "
-            f"{stopped_at['batches_done']} of 30 batches done.") in resumed.stdout
+    assert f"Resuming from {path}: {stopped_at['batches_done']} of 30 batches done." \
+        in resumed.stdout
     assert "Batch: 0," not in resumed.stdout
     whole.communicate(timeout=600)
     assert whole.returncode == 0, (tmp_path / "whole.err").read_text(encoding="utf-8")[-3000:]
-
-    def load(out):
-        """The run's results from `out/results.json`."""
-        with open(out / "results.json", encoding="utf-8") as f:
-            return json.load(f)["runs"]["manual"]["1"]
-
-    a, b = load(tmp_path / "whole"), load(tmp_path / "killed")
+    a = _load(tmp_path / "whole" / name)["runs"]["manual"]["1"]
+    b = _load(folder)["runs"]["manual"]["1"]
     # TensorFlow on the CPU is deterministic here: the very same numbers, not just close ones.
     assert _numbers(b) == _numbers(a)
     for key in ("final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples"):

@@ -1,4 +1,4 @@
-"""Tests for keras_bn.interrupt: signals become a stop request, and the handlers are put back."""
+"""Tests for keras_bn.experiment.interrupt: signals become a stop request, and the handlers are put back."""
 
 import os
 import signal
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from keras_bn.interrupt import StopOnSignal, TrainingInterrupted, signal_name
+from keras_bn.experiment.interrupt import StopOnSignal, TrainingInterrupted, signal_name
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])

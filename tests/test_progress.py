@@ -1,10 +1,12 @@
-"""Tests for keras_bn.progress: a bar on a terminal, plain lines elsewhere, never over the log."""
+"""Tests for keras_bn.experiment.progress: a rich bar on a terminal, plain lines elsewhere."""
 
 import io
+import re
+import sys
 
 import pytest
 
-from keras_bn.progress import ProgressBar
+from keras_bn.experiment.progress import RunProgress
 
 
 class _Terminal(io.StringIO):
@@ -22,33 +24,21 @@ class _Logger:
 
 
 CONTROL = [chr(c) for c in range(32) if chr(c) != "\n"] + ["\x7f"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def test_on_a_terminal_the_bar_is_redrawn_in_place_and_cleared():
-    out = _Terminal()
-    bar = ProgressBar(10, label="keras, seed 1", stream=out, logger=_Logger(), min_interval=0)
-    bar.on_train_begin()
-    for i in range(10):
-        bar.on_train_batch_end(i)
-    text = out.getvalue()
-    assert "\n" not in text
-    frames = text.split("\r")[1:]
-    assert len(frames) == 10
-    assert frames[0].startswith("keras, seed 1 [##..................] 1/10")
-    last = frames[-1]
-    assert last.startswith("keras, seed 1 [####################] 10/10  ")
-    assert " batch/s  0:00 left  val acc 0.5000" in last
-    bar.on_train_end()
-    assert out.getvalue().endswith("\r" + " " * len(last.rstrip()) + "\r")
+def _screen(text):
+    """What a terminal shows for `text`: each line is what follows its last carriage return."""
+    return [line.split("\r")[-1] for line in ANSI.sub("", text).split("\n")]
 
 
 def test_off_a_terminal_only_a_few_plain_lines_without_control_characters():
     out = io.StringIO()
-    bar = ProgressBar(100, label="none, seed 0", stream=out, logger=_Logger())
-    bar.on_train_begin()
+    progress = RunProgress(100, label="none, seed 0", stream=out, logger=_Logger())
+    progress.on_train_begin()
     for i in range(100):
-        bar.on_train_batch_end(i)
-    bar.on_train_end()
+        progress.on_train_batch_end(i)
+    progress.on_train_end()
     text = out.getvalue()
     assert not any(c in text for c in CONTROL)
     lines = text.splitlines()
@@ -61,9 +51,9 @@ def test_off_a_terminal_only_a_few_plain_lines_without_control_characters():
 
 def test_off_a_terminal_nothing_with_zero_plain_updates():
     out = io.StringIO()
-    bar = ProgressBar(5, stream=out, plain_updates=0)
+    progress = RunProgress(5, stream=out, plain_updates=0)
     for i in range(5):
-        bar.on_train_batch_end(i)
+        progress.on_train_batch_end(i)
     assert out.getvalue() == ""
 
 
@@ -71,56 +61,47 @@ def test_off_a_terminal_nothing_with_zero_plain_updates():
 def test_calls_only_at_boundary_batches_of_a_resumed_run(terminal):
     """A loop that reports only every 25th batch, resumed after 150 of 400 batches."""
     out = _Terminal() if terminal else io.StringIO()
-    bar = ProgressBar(400, stream=out, batch_offset=150, min_interval=0)
-    bar.on_train_begin()
+    progress = RunProgress(400, stream=out, done=150, min_interval=0)
+    progress.on_train_begin()
     for j in [*range(0, 250, 25), 249]:  # absolute batches 150, 175, ..., 375, 399
-        bar.on_train_batch_end(j)
-    assert bar.done == 400
+        progress.on_train_batch_end(j)
+    assert progress.done == 400
     text = out.getvalue()
     if terminal:
-        assert [frame.split("] ")[1].split()[0] for frame in text.split("\r")[1:]] == [
-            f"{n}/400" for n in [*range(151, 400, 25), 400]
-        ]
+        counts = re.findall(r"(\d+)/400", ANSI.sub("", text))
+        assert counts[1:] == [str(n) for n in [*range(151, 400, 25), 400]]
     else:
         assert [line.split("  ")[0] for line in text.splitlines()] == [
             "201/400", "301/400", "400/400"
         ]
 
 
-def test_log_lines_printed_through_wrap_never_share_the_bar_line():
+def test_on_a_terminal_a_bar_is_drawn_in_place_and_removed():
     out = _Terminal()
-    bar = ProgressBar(4, label="run", stream=out, min_interval=0)
-    log = bar.wrap(lambda line: out.write(line + "\n"))
-    bar.on_train_begin()
-    bar.on_train_batch_end(0)
-    shown = out.getvalue().split("\r")[-1]
-    log("Batch: 1, Training loss: 0.5")
-    bar.on_train_batch_end(1)
-    text = out.getvalue()
-    # Cleared with spaces and a carriage return, the line printed, the bar redrawn.
-    assert "\r" + " " * len(shown) + "\rBatch: 1, Training loss: 0.5\n\rrun [#####" in text
-    # What a terminal would show: each line is what follows its last carriage return.
-    screen = [line.split("\r")[-1] for line in text.split("\n")]
-    assert screen[0] == "Batch: 1, Training loss: 0.5"
-    assert screen[1].startswith("run [##########..........] 2/4")
+    progress = RunProgress(10, label="keras, seed 1", stream=out, logger=_Logger(),
+                           min_interval=0)
+    assert progress.is_terminal
+    progress.on_train_begin()
+    for i in range(10):
+        progress.on_train_batch_end(i)
+    drawn = _screen(out.getvalue())
+    assert len(drawn) == 1  # One line, redrawn: no newline written.
+    assert drawn[0].startswith("keras, seed 1 ") and " 10/10 " in drawn[0]
+    assert drawn[0].rstrip().endswith("val acc 0.5000")
+    progress.on_train_end()
+    assert _screen(out.getvalue())[-1].strip() == ""  # Removed: the final lines follow.
 
 
-def test_wrap_off_a_terminal_just_prints():
-    out = io.StringIO()
-    lines = []
-    bar = ProgressBar(4, stream=out)
-    bar.wrap(lines.append)("hello")
-    assert lines == ["hello"] and out.getvalue() == ""
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"total": 0}, r"`total` must be a positive int. Received: total=0"),
-        ({"total": 5, "plain_updates": -1}, r"`plain_updates` must be an int >= 0"),
-        ({"total": 5, "min_interval": -1}, r"`min_interval` must be >= 0"),
-    ],
-)
-def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        ProgressBar(**kwargs)
+def test_log_lines_printed_to_a_terminal_go_above_the_bar(monkeypatch):
+    out = _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)  # Standard output is the same terminal.
+    progress = RunProgress(4, label="run", stream=out, min_interval=0)
+    progress.on_train_begin()
+    progress.on_train_batch_end(0)
+    print("Batch: 1, Training loss: 0.5")
+    progress.on_train_batch_end(1)
+    screen = _screen(out.getvalue())
+    assert screen[0] == "Batch: 1, Training loss: 0.5"  # A line of its own, bar not on it.
+    assert screen[1].startswith("run ") and " 2/4 " in screen[1]
+    progress.on_train_end()
+    assert sys.stdout is out  # Put back.

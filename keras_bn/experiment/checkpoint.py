@@ -1,14 +1,12 @@
-"""Checkpoints of a run: one atomic zip of `model.weights.h5`, the optimizer and the state."""
+"""Checkpoints of a run: one atomic zip of `model.weights.h5` (with the optimizer) and the state."""
 
 import contextlib
-import io
 import json
 import os
 import tempfile
 import zipfile
 
 import keras
-import numpy as np
 
 from keras_bn.experiment.interrupt import TrainingInterrupted
 
@@ -63,20 +61,24 @@ def atomic_write(path, write, *, binary=True):
     return path
 
 
+def _build_optimizer(model):
+    """Builds `model`'s optimizer if needed: `save_weights`/`load_weights` skip an unbuilt one."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+
+
 def _save(path, model, state):
-    """Writes `model`'s weights (`save_weights`), its optimizer's variables and `state`."""
+    """Writes `model.save_weights` (weights and optimizer variables) and `state` to `path`."""
+    _build_optimizer(model)
     with tempfile.TemporaryDirectory() as scratch:
         weights = os.path.join(scratch, "model.weights.h5")
         model.save_weights(weights)
-        variables = io.BytesIO()
-        np.savez(variables, *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
 
         def write(f):
             """Writes the zip archive."""
             with zipfile.ZipFile(f, "w") as archive:
                 archive.writestr("state.json", json.dumps({"format": FORMAT_VERSION, **state}))
                 archive.write(weights, "model.weights.h5")
-                archive.writestr("optimizer.npz", variables.getvalue())
 
         return atomic_write(path, write)
 
@@ -112,6 +114,7 @@ def read_state(path):
 
 def _restore(path, model):
     """Loads the weights and optimizer variables of the checkpoint `path` into `model`."""
+    _build_optimizer(model)
     with tempfile.TemporaryDirectory() as scratch:
         weights = os.path.join(scratch, "model.weights.h5")
         with open(weights, "wb") as f:
@@ -120,15 +123,6 @@ def _restore(path, model):
             model.load_weights(weights)
         except ValueError as error:
             raise CheckpointError(f"The weights in {path} do not fit the model: {error}") from error
-    with np.load(io.BytesIO(_read(path, "optimizer.npz"))) as archive:
-        saved = [archive[f"arr_{k}"] for k in range(len(archive.files))]
-    optimizer = model.optimizer
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
-    if [tuple(v.shape) for v in optimizer.variables] != [a.shape for a in saved]:
-        raise CheckpointError(f"The optimizer state in {path} does not fit the model's optimizer")
-    for variable, value in zip(optimizer.variables, saved):
-        variable.assign(value)
 
 
 def check_config(path, saved, current):
