@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,9 @@ def worker_env(backend, extra=None):
     return env
 
 
-def launch(script, backend, args=(), per_rank_env=None, timeout=240, world_size=WORLD_SIZE):
+def launch(
+    script, backend, args=(), per_rank_env=None, timeout=240, world_size=WORLD_SIZE
+):
     """Starts `script --rank r` for every rank, waits for all, and returns their JSON results.
 
     Args:
@@ -98,13 +101,12 @@ def launch(script, backend, args=(), per_rank_env=None, timeout=240, world_size=
         RuntimeError: if a worker exits with an error or the time runs out; the
             message holds the end of every worker's log.
     """
-    with tempfile.TemporaryDirectory(prefix="sync_bn_") as folder:
+    with tempfile.TemporaryDirectory(prefix="sync_bn_") as folder, ExitStack() as logs:
         folder = Path(folder)
-        processes, logs = [], []
+        processes = []
         try:
             for rank in range(world_size):
-                log = open(folder / f"rank{rank}.log", "w")
-                logs.append(log)
+                log = logs.enter_context(open(folder / f"rank{rank}.log", "w"))
                 command = [
                     sys.executable,
                     str(script),
@@ -126,33 +128,39 @@ def launch(script, backend, args=(), per_rank_env=None, timeout=240, world_size=
                         cwd=ROOT,
                     )
                 )
-            deadline = time.monotonic() + timeout
-            failed = None
-            while any(p.poll() is None for p in processes):
-                if time.monotonic() > deadline:
-                    failed = f"timed out after {timeout} s"
-                    break
-                codes = [p.poll() for p in processes]
-                if any(c not in (None, 0) for c in codes):
-                    failed = f"a worker failed (exit codes {codes})"
-                    break
-                time.sleep(0.2)
-            codes = [p.poll() for p in processes]
-            if failed is None and any(c != 0 for c in codes):
-                failed = f"a worker failed (exit codes {codes})"
+            failed = _wait(processes, timeout)
             if failed:
-                raise RuntimeError(f"{Path(script).name} on {backend}: {failed}\n" + _tails(folder))
+                raise RuntimeError(
+                    f"{Path(script).name} on {backend}: {failed}\n" + _tails(folder)
+                )
             return [
                 json.loads((folder / f"rank{rank}.json").read_text())
                 for rank in range(world_size)
             ]
         finally:
+            # Only the processes started here, each by its own handle.
             for p in processes:
                 if p.poll() is None:
                     p.kill()
                     p.wait(timeout=30)
-            for log in logs:
-                log.close()
+
+
+def _wait(processes, timeout):
+    """Waits for every process; returns why the run failed, or None when all exited with 0.
+
+    Stops waiting as soon as one process fails (the others would wait for it
+    forever in their next collective) or when `timeout` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in processes]
+        if any(c not in (None, 0) for c in codes):
+            return f"a worker failed (exit codes {codes})"
+        if all(c == 0 for c in codes):
+            return None
+        if time.monotonic() > deadline:
+            return f"timed out after {timeout} s (exit codes {codes})"
+        time.sleep(0.2)
 
 
 def _tails(folder, chars=3000):
@@ -168,18 +176,32 @@ def parse_worker_args(description, argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--rank", type=int, default=None, help="this worker's rank (set by the launcher)")
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="this worker's rank (set by the launcher)",
+    )
     parser.add_argument("--world-size", type=int, default=WORLD_SIZE)
-    parser.add_argument("--result", default=None, help="where the worker writes its JSON result")
-    parser.add_argument("--port", type=int, default=None, help="the coordinator's port on --host")
-    parser.add_argument("--host", default="127.0.0.1", help="the coordinator's (rank 0's) address")
+    parser.add_argument(
+        "--result", default=None, help="where the worker writes its JSON result"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="the coordinator's port on --host"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the coordinator's (rank 0's) address"
+    )
     parser.add_argument(
         "--benchmark",
         action="store_true",
         help="time training steps of deep_mnist_model with and without synchronization",
     )
     parser.add_argument(
-        "--timeout", type=float, default=240, help="launcher: seconds before the workers are killed"
+        "--timeout",
+        type=float,
+        default=240,
+        help="launcher: seconds before the workers are killed",
     )
     return parser.parse_args(argv)
 
@@ -253,7 +275,9 @@ def weights_of(model):
     """Returns `{variable path: NumPy array}` for every variable of `model`, moving statistics included."""
     import keras
 
-    return {v.path: np.asarray(keras.ops.convert_to_numpy(v.value)) for v in model.variables}
+    return {
+        v.path: np.asarray(keras.ops.convert_to_numpy(v.value)) for v in model.variables
+    }
 
 
 def max_gap(a, b):
@@ -300,15 +324,21 @@ def uneven_report(rank, outputs, grad, moving_mean, moving_variance):
     x, w = uneven_data()
     ref = numpy_reference(x, w)
     part = local_slice(rank, UNEVEN_SPLIT)
-    parts = [x[local_slice(r, UNEVEN_SPLIT)].astype("float64") for r in range(WORLD_SIZE)]
+    parts = [
+        x[local_slice(r, UNEVEN_SPLIT)].astype("float64") for r in range(WORLD_SIZE)
+    ]
     mean_of_means = np.mean([p.mean(axis=(0, 1, 2)) for p in parts], axis=0)
     return {
         "local_batch": int(np.asarray(outputs).shape[0]),
         "grad_scale": float(np.abs(ref["grad"]).max()),
         "moving_variance_scale": float(np.abs(ref["moving_variance"]).max()),
-        "outputs_error": float(np.abs(np.asarray(outputs) - ref["outputs"][part]).max()),
+        "outputs_error": float(
+            np.abs(np.asarray(outputs) - ref["outputs"][part]).max()
+        ),
         "grad_error": float(np.abs(np.asarray(grad) - ref["grad"][part]).max()),
-        "moving_mean_error": float(np.abs(np.asarray(moving_mean) - ref["moving_mean"]).max()),
+        "moving_mean_error": float(
+            np.abs(np.asarray(moving_mean) - ref["moving_mean"]).max()
+        ),
         "moving_variance_error": float(
             np.abs(np.asarray(moving_variance) - ref["moving_variance"]).max()
         ),

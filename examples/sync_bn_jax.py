@@ -32,7 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sync_bn_common as common  # noqa: E402
+import sync_bn_common as common
 
 
 def fit(model, x, y, batch_size):
@@ -80,13 +80,19 @@ def check_uneven(rank):
         return np.concatenate([a, np.zeros((padded - len(a), *a.shape[1:]), a.dtype)])
 
     mask = pad(np.ones((local, 4, 4), "float32"))
-    sharding = NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
+    sharding = NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch")
+    )
 
     def global_array(a):
         """Joins every process's local rows into one array sharded over the processes."""
         return jax.make_array_from_process_local_data(sharding, a)
 
-    inputs, weights, mask = global_array(pad(x[part])), global_array(pad(w[part])), global_array(mask)
+    inputs, weights, mask = (
+        global_array(pad(x[part])),
+        global_array(pad(w[part])),
+        global_array(mask),
+    )
     layer = ManualBatchNorm(synchronized=True, momentum=common.MOMENTUM)
     layer.build(inputs.shape)
     trainable = [v.value for v in layer.trainable_variables]
@@ -169,9 +175,15 @@ def worker(args):
     )
     devices = keras.distribution.list_devices()
     # Each process already holds its own part of every global batch.
-    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+    distribution = keras.distribution.DataParallel(
+        devices=devices, auto_shard_dataset=False
+    )
     keras.distribution.set_distribution(distribution)
-    result = {"rank": args.rank, "processes": jax.process_count(), "devices": len(devices)}
+    result = {
+        "rank": args.rank,
+        "processes": jax.process_count(),
+        "devices": len(devices),
+    }
     if args.benchmark:
         raise SystemExit(
             "--benchmark: under DataParallel the statistics are global with or without "

@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sync_bn_common as common  # noqa: E402
+import sync_bn_common as common
 
 BENCHMARK_BATCH = 50  # images per worker and step (the notebook's batch is 50)
 
@@ -65,12 +65,16 @@ def make_step(strategy, model, optimizer):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 outputs = model(x, training=True)
-                loss = tf.reduce_sum(tf.square(outputs - y)) / (common.GLOBAL_BATCH * common.OUTPUTS)
+                loss = tf.reduce_sum(tf.square(outputs - y)) / (
+                    common.GLOBAL_BATCH * common.OUTPUTS
+                )
             grads = tape.gradient(loss, [x, *model.trainable_variables])
             optimizer.apply_gradients(zip(grads[1:], model.trainable_variables))
             return grads[0]
 
-        return strategy.experimental_local_results(strategy.run(replica_fn, args=(x, y)))[0]
+        return strategy.experimental_local_results(
+            strategy.run(replica_fn, args=(x, y))
+        )[0]
 
     return step
 
@@ -99,7 +103,12 @@ def check_fit(strategy, rank):
     initial = common.weights_of(model)
     x, y = common.global_data()
     part = common.local_slice(rank, common.EVEN_SPLIT)
-    grads = train(strategy, model, optimizer, [(x[s, part], y[s, part]) for s in range(common.STEPS)])
+    grads = train(
+        strategy,
+        model,
+        optimizer,
+        [(x[s, part], y[s, part]) for s in range(common.STEPS)],
+    )
     return initial, common.weights_of(model), grads
 
 
@@ -130,7 +139,9 @@ def check_uneven(strategy, rank):
         return strategy.run(replica_fn, args=(inputs, weights))
 
     outputs, grad = step(tf.constant(x[part]), tf.constant(w[part]))
-    (outputs,), (grad,) = (strategy.experimental_local_results(t) for t in (outputs, grad))
+    (outputs,), (grad,) = (
+        strategy.experimental_local_results(t) for t in (outputs, grad)
+    )
     return common.uneven_report(
         rank,
         outputs.numpy(),
@@ -154,7 +165,9 @@ def reference_fit(rank, initial, final, grads):
     model, optimizer = new_model(tf.distribute.get_strategy())
     for v in model.variables:
         v.assign(initial[v.path])
-    reference_grads = train(tf.distribute.get_strategy(), model, optimizer, list(zip(x, y)))
+    reference_grads = train(
+        tf.distribute.get_strategy(), model, optimizer, list(zip(x, y))
+    )
     reference = common.weights_of(model)
 
     fitted = common.build_model()
@@ -194,7 +207,11 @@ def benchmark(strategy, rank, world_size, steps=8):
 
     from keras_bn import ManualBatchNorm, deep_mnist_model
 
-    x = np.random.default_rng(rank).normal(size=(BENCHMARK_BATCH, 28, 28, 1)).astype("float32")
+    x = (
+        np.random.default_rng(rank)
+        .normal(size=(BENCHMARK_BATCH, 28, 28, 1))
+        .astype("float32")
+    )
     y = np.zeros((BENCHMARK_BATCH, 10), "float32")
     times = {}
     for synchronized in (False, True):
@@ -211,8 +228,14 @@ def benchmark(strategy, rank, world_size, steps=8):
             start = time.perf_counter()
             step(x, y).numpy()
             elapsed.append(time.perf_counter() - start)
-        times["synchronized" if synchronized else "local"] = float(np.median(elapsed[2:]))
-    return {"batch_per_worker": BENCHMARK_BATCH, "workers": world_size, "seconds_per_step": times}
+        times["synchronized" if synchronized else "local"] = float(
+            np.median(elapsed[2:])
+        )
+    return {
+        "batch_per_worker": BENCHMARK_BATCH,
+        "workers": world_size,
+        "seconds_per_step": times,
+    }
 
 
 def worker(args):

@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sync_bn_common as common  # noqa: E402
+import sync_bn_common as common
 
 BENCHMARK_BATCH = 50  # images per worker and step (the notebook's batch is 50)
 
@@ -61,7 +61,9 @@ def train(model, batches, wrap=None):
     for x, y in batches:
         x = torch.tensor(x, requires_grad=True)
         outputs = module(x, training=True)
-        loss = ((outputs - torch.tensor(y)) ** 2).sum() / (common.GLOBAL_BATCH * common.OUTPUTS)
+        loss = ((outputs - torch.tensor(y)) ** 2).sum() / (
+            common.GLOBAL_BATCH * common.OUTPUTS
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -87,7 +89,9 @@ def check_fit(rank):
     initial = common.weights_of(model)
     x, y = common.global_data()
     part = common.local_slice(rank, common.EVEN_SPLIT)
-    grads = train(model, [(x[s, part], y[s, part]) for s in range(common.STEPS)], wrap=ddp)
+    grads = train(
+        model, [(x[s, part], y[s, part]) for s in range(common.STEPS)], wrap=ddp
+    )
     return initial, common.weights_of(model), grads
 
 
@@ -147,24 +151,40 @@ def benchmark(rank, world_size, steps=8):
 
     from keras_bn import ManualBatchNorm, deep_mnist_model
 
-    x = np.random.default_rng(rank).normal(size=(BENCHMARK_BATCH, 28, 28, 1)).astype("float32")
+    x = (
+        np.random.default_rng(rank)
+        .normal(size=(BENCHMARK_BATCH, 28, 28, 1))
+        .astype("float32")
+    )
     y = np.zeros((BENCHMARK_BATCH, 10), "float32")
     times = {}
     for synchronized in (False, True):
         keras.utils.set_random_seed(0)
-        model = deep_mnist_model(bn=functools.partial(ManualBatchNorm, synchronized=synchronized))
+        model = deep_mnist_model(
+            bn=functools.partial(ManualBatchNorm, synchronized=synchronized)
+        )
         module = torch.nn.parallel.DistributedDataParallel(model)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=0.01
+        )
         elapsed = []
         for _ in range(steps + 2):  # the first two are warm-up
             start = time.perf_counter()
-            loss = ((module(torch.tensor(x), training=True) - torch.tensor(y)) ** 2).mean()
+            loss = (
+                (module(torch.tensor(x), training=True) - torch.tensor(y)) ** 2
+            ).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             elapsed.append(time.perf_counter() - start)
-        times["synchronized" if synchronized else "local"] = float(np.median(elapsed[2:]))
-    return {"batch_per_worker": BENCHMARK_BATCH, "workers": world_size, "seconds_per_step": times}
+        times["synchronized" if synchronized else "local"] = float(
+            np.median(elapsed[2:])
+        )
+    return {
+        "batch_per_worker": BENCHMARK_BATCH,
+        "workers": world_size,
+        "seconds_per_step": times,
+    }
 
 
 def worker(args):
@@ -197,11 +217,16 @@ def main(argv=None):
     """Launches two workers on 127.0.0.1, or is one worker (with `--rank` or under torchrun)."""
     args = common.parse_worker_args(__doc__.splitlines()[0], argv)
     if args.rank is None and "RANK" in os.environ:  # started by torchrun
-        args.rank, args.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        args.rank, args.world_size = (
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+        )
     if args.rank is not None:
         return worker(args)
     (port,) = common.free_ports(1)
-    return common.run_launcher(__file__, "torch", args, extra_args=["--port", str(port)])
+    return common.run_launcher(
+        __file__, "torch", args, extra_args=["--port", str(port)]
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ kills both workers if either fails or the time limit passes. Every worker:
 """
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -53,11 +54,16 @@ def _check(summary, input_grads):
     assert summary["fit.moving_statistics_error"] <= RELATIVE * scale, summary
     assert summary["fit.workers_gap"] <= RELATIVE * scale, summary
     if input_grads:
-        assert summary["fit.input_grad_error"] <= RELATIVE * summary["fit.input_grad_scale"], summary
+        assert (
+            summary["fit.input_grad_error"]
+            <= RELATIVE * summary["fit.input_grad_scale"]
+        ), summary
 
     assert sorted(summary["uneven.local_batches"]) == [12, 20]
     assert summary["uneven.outputs_error"] <= RELATIVE, summary
-    assert summary["uneven.grad_error"] <= RELATIVE * summary["uneven.grad_scale"], summary
+    assert summary["uneven.grad_error"] <= RELATIVE * summary["uneven.grad_scale"], (
+        summary
+    )
     assert summary["uneven.moving_mean_error"] <= RELATIVE, summary
     variance_scale = summary["uneven.moving_variance_scale"]
     assert summary["uneven.moving_variance_error"] <= RELATIVE * variance_scale, summary
@@ -70,7 +76,10 @@ def test_tensorflow_multi_worker_mirrored_strategy():
     summary = _example("sync_bn_tf_multiworker").main(["--timeout", str(TIMEOUT)])
     _check(summary, input_grads=True)
     # The custom step is Keras's own: one process's model.fit gives the same weights.
-    assert summary["fit.weights_error_vs_model_fit"] <= RELATIVE * summary["fit.weights_scale"]
+    assert (
+        summary["fit.weights_error_vs_model_fit"]
+        <= RELATIVE * summary["fit.weights_scale"]
+    )
 
 
 def test_jax_distributed_data_parallel():
@@ -83,3 +92,46 @@ def test_torch_distributed_gloo_with_ddp():
     _need("torch")
     summary = _example("sync_bn_torch").main(["--timeout", str(TIMEOUT)])
     _check(summary, input_grads=True)
+
+
+HANGING_WORKER = """
+import os, sys, threading
+rank = int(sys.argv[sys.argv.index("--rank") + 1])
+with open(os.path.join(os.environ["PID_DIR"], f"{rank}.pid"), "w") as f:
+    f.write(str(os.getpid()))
+if rank == int(os.environ["FAILING_RANK"]):
+    peer = os.path.join(os.environ["PID_DIR"], f"{1 - rank}.pid")
+    while not os.path.exists(peer):  # fail once the peer is up and waiting
+        threading.Event().wait(0.05)
+    sys.exit("worker failed on purpose")
+threading.Event().wait()  # as a worker waiting for a peer that is gone
+"""
+
+
+def _gone(pid):
+    """Whether no process has id `pid` any more."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("failing_rank", "timeout", "reason"),
+    [(1, 120, "a worker failed"), (-1, 5, "timed out")],
+    ids=["one-worker-fails", "both-hang"],
+)
+def test_launcher_kills_the_workers_when_one_fails_or_time_runs_out(
+    tmp_path, failing_rank, timeout, reason
+):
+    common = _example("sync_bn_common")
+    script = tmp_path / "worker.py"
+    script.write_text(HANGING_WORKER)
+    env = {"PID_DIR": str(tmp_path), "FAILING_RANK": str(failing_rank)}
+    with pytest.raises(RuntimeError, match=reason) as error:
+        common.launch(script, "numpy", per_rank_env=lambda rank: env, timeout=timeout)
+    if failing_rank == 1:
+        assert "worker failed on purpose" in str(error.value)  # the log's tail is shown
+    pids = [int((tmp_path / f"{rank}.pid").read_text()) for rank in range(2)]
+    assert all(_gone(pid) for pid in pids)
