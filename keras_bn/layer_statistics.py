@@ -1,0 +1,323 @@
+"""`LayerStatistics`: what batch norm changes inside a network, recorded while it trains.
+
+Two measurements from Ioffe and Szegedy's story: how the distribution of a
+layer's pre-activation input moves during training (their Figure 1(b, c), the
+15th, 50th and 85th percentiles over training steps), and how much gradient
+reaches each layer's kernel (why a deep network without batch norm can stay at
+chance).
+"""
+
+import keras
+import numpy as np
+
+__all__ = ["LayerStatistics"]
+
+
+def _has_nonlinearity(layer):
+    """Returns whether `layer` applies an activation: an `Activation` layer or a non-linear `activation`."""
+    if isinstance(layer, keras.layers.Activation):
+        return True
+    activation = getattr(layer, "activation", None)
+    return activation is not None and activation is not keras.activations.linear
+
+
+def _resolve(model, layers, name, default):
+    """Returns the layers named or given in `layers` (or the `default` ones), checking each."""
+    if layers is None:
+        return default
+    if isinstance(layers, (str, keras.layers.Layer)):
+        layers = [layers]
+    resolved = []
+    for layer in layers:
+        if isinstance(layer, str):
+            try:
+                layer = model.get_layer(layer)
+            except ValueError:
+                raise ValueError(
+                    f"`{name}` names a layer that `model` does not have at its top "
+                    f"level. Received: {name} containing {layer!r}"
+                ) from None
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                f"`{name}` must list layers or layer names. Received: {name} containing {layer!r}"
+            )
+        resolved.append(layer)
+    return resolved
+
+
+def _norms(tensors):
+    """Returns the Euclidean (Frobenius) norm of each tensor, stacked, computed in float32."""
+    return keras.ops.stack(
+        [keras.ops.sqrt(keras.ops.sum(keras.ops.square(keras.ops.cast(t, "float32")))) for t in tensors]
+    )
+
+
+class LayerStatistics(keras.callbacks.Callback):
+    """Records input percentiles and kernel gradient norms of chosen layers every `every` batches.
+
+    After every `every`-th training batch of `model.fit` (counting from 1
+    across epochs), it appends to `history`:
+
+    - **Pre-activation percentiles** (Ioffe and Szegedy's Figure 1(b, c)): the
+      model is run in inference mode on the fixed `probe` batch, and for each
+      layer of `inputs_of` the `percentiles` of what enters its nonlinearity,
+      pooled over the probe's examples and the layer's units: the input of an
+      `Activation` layer, or the output before the activation of a layer with
+      an `activation` argument (`Dense(..., activation="relu")`). Only these
+      forward passes on the probe are added; the training data is never read
+      a second time.
+    - **Kernel gradient norms**: for each layer of `kernels_of`, the Euclidean
+      (Frobenius) norm of the gradient of the training loss with respect to
+      its `kernel` on the batch just trained, with the weights before the
+      step: exactly the gradient `fit` computed and handed to the optimizer
+      (before any clipping), not a recomputation. The callback reads it by
+      wrapping the optimizer's `apply` for the duration of `fit`; the step
+      itself is unchanged. (A difference of kernels before and after the step
+      would not do: Adam's step is not proportional to the gradient.)
+
+    Recording does not change training: the probe passes run in inference
+    mode, which updates nothing, and the optimizer receives the same
+    gradients. The train function is rebuilt once at the start and at the end
+    of `fit`, to trace the optimizer with and then without the wrapper.
+
+    `history` holds plain lists, ready for `json.dump`:
+
+        {"step": [50, 100, ...],
+         "percentiles": [15.0, 50.0, 85.0],
+         "inputs": {"relu5": [[p15, p50, p85], ...], ...},
+         "gradient_norms": {"conv1": [g, ...], ...}}
+
+    !!! warning
+        With `steps_per_execution > 1`, Keras calls the callback once per
+        execution; the gradient recorded is that of the last batch of it. A
+        `keras.optimizers.LossScaleOptimizer` (mixed precision) is not
+        supported: its gradients are scaled.
+
+    Args:
+        probe: A fixed batch of model inputs `x` (or `(x, y)`), e.g. the first
+            1,000 validation images.
+        inputs_of: Layers (or names of layers at the model's top level) whose
+            pre-activation input is recorded; they must apply a nonlinearity
+            (see above). `None` takes every such layer of the model's top
+            level. Defaults to `None`.
+        kernels_of: Layers (or names) whose kernel gradient norm is recorded;
+            each must have a trainable `kernel`. `None` takes every layer of
+            the model's top level with one, in order. Defaults to `None`.
+        every: Record after every `every`-th batch, a positive int. Defaults
+            to `50`.
+        percentiles: The percentiles to record, numbers in [0, 100].
+            Defaults to `(15, 50, 85)`.
+
+    Raises:
+        ValueError: for an empty probe, a bad `every` or percentile, or a layer
+            without a nonlinearity or a kernel (when the model is set).
+        TypeError: for a layer list holding something else than layers or
+            names.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> from keras_bn import LayerStatistics
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(8, activation="relu", name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ... ])
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> x = np.random.default_rng(0).normal(size=(64, 4))
+    >>> stats = LayerStatistics(x[:16], every=2)
+    >>> _ = model.fit(x, x[:, :1], batch_size=16, callbacks=[stats], verbose=0)
+    >>> stats.history["step"], list(stats.history["inputs"]), list(stats.history["gradient_norms"])
+    ([2, 4], ['hidden'], ['hidden', 'out'])
+    >>> len(stats.history["inputs"]["hidden"][0])
+    3
+
+    Reference:
+        Sergey Ioffe and Christian Szegedy, "Batch Normalization: Accelerating
+        Deep Network Training by Reducing Internal Covariate Shift", 2015,
+        Figure 1, [arXiv:1502.03167](https://arxiv.org/abs/1502.03167).
+    """
+
+    def __init__(self, probe, *, inputs_of=None, kernels_of=None, every=50, percentiles=(15, 50, 85)):
+        super().__init__()
+        probe = keras.utils.unpack_x_y_sample_weight(probe)[0]
+        if probe is None or len(keras.tree.flatten(probe)) == 0 or len(keras.tree.flatten(probe)[0]) == 0:
+            raise ValueError("`probe` must hold at least one example. Received: an empty probe")
+        self.probe = probe
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"`every` must be a positive int. Received: every={every!r}")
+        self.every = int(every)
+        try:
+            self.percentiles = [float(q) for q in percentiles]
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`percentiles` must be a list of numbers in [0, 100]. Received: percentiles={percentiles!r}"
+            ) from None
+        if not self.percentiles or not all(0.0 <= q <= 100.0 for q in self.percentiles):
+            raise ValueError(
+                f"`percentiles` must be a non-empty list of numbers in [0, 100]. "
+                f"Received: percentiles={percentiles!r}"
+            )
+        self._inputs_of = inputs_of
+        self._kernels_of = kernels_of
+        self.history = {"step": [], "percentiles": list(self.percentiles), "inputs": {}, "gradient_norms": {}}
+        self._step = 0
+        self._last_norms = None
+        self._optimizer = None
+
+    # -- the layers -------------------------------------------------------------------
+
+    def set_model(self, model):
+        super().set_model(model)
+        top = list(getattr(model, "layers", []))
+        self.input_layers = _resolve(
+            model, self._inputs_of, "inputs_of", [layer for layer in top if _has_nonlinearity(layer)]
+        )
+        for layer in self.input_layers:
+            if not _has_nonlinearity(layer):
+                raise ValueError(
+                    "`inputs_of` must list layers that apply a nonlinearity (an Activation "
+                    "layer, or a layer with a non-linear `activation`). "
+                    f"Received: layer {layer.name!r}"
+                )
+        self.kernel_layers = _resolve(
+            model,
+            self._kernels_of,
+            "kernels_of",
+            [layer for layer in top if getattr(layer, "kernel", None) is not None and layer.trainable],
+        )
+        for layer in self.kernel_layers:
+            if getattr(layer, "kernel", None) is None:
+                raise ValueError(
+                    f"`kernels_of` must list layers with a `kernel`. Received: layer {layer.name!r}"
+                )
+        for layer in self.input_layers:
+            self.history["inputs"].setdefault(layer.name, [])
+        for layer in self.kernel_layers:
+            self.history["gradient_norms"].setdefault(layer.name, [])
+        self._extractor = None
+
+    def _pre_activations(self):
+        """Returns the pre-activation input of each `inputs_of` layer on the probe, as NumPy arrays."""
+        model = self.model  # on JAX, this puts the trained weights back into the variables
+        if self._extractor is None:
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+            self._extractor = keras.Model(inputs, [layer.input for layer in self.input_layers])
+        outputs = self._extractor(self.probe, training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        results = []
+        for layer, x in zip(self.input_layers, outputs):
+            if not isinstance(layer, keras.layers.Activation):
+                # The layer's own computation without its activation.
+                activation = layer.activation
+                layer.activation = keras.activations.linear
+                try:
+                    x = layer(x, training=False)
+                finally:
+                    layer.activation = activation
+            results.append(np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64))
+        return results
+
+    # -- the gradients ----------------------------------------------------------------
+
+    def _wrap_optimizer(self):
+        """Makes the optimizer's `apply` record the kernels' gradient norms, then apply as before."""
+        optimizer = self.model.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "LayerStatistics cannot read gradients through a LossScaleOptimizer "
+                "(mixed precision): they are scaled. Received: optimizer "
+                f"{type(optimizer).__name__}"
+            )
+        model_variables = list(self.model.trainable_variables)
+        kernels = [layer.kernel for layer in self.kernel_layers]
+        positions = []
+        for kernel in kernels:
+            matches = [i for i, v in enumerate(model_variables) if v is kernel]
+            if not matches:
+                raise ValueError(
+                    f"`kernels_of` lists a layer whose kernel is not trained. Received: {kernel.path}"
+                )
+            positions.append(matches[0])
+        original = optimizer.apply
+
+        def apply(grads, trainable_variables=None):
+            grads = list(grads)
+            if trainable_variables is None:
+                # JAX's stateless_apply: the grads follow the optimizer's
+                # variables, which are the model's trainable variables.
+                chosen = [grads[i] for i in positions]
+            else:
+                index = {id(v): i for i, v in enumerate(trainable_variables)}
+                chosen = [grads[index[id(k)]] for k in kernels]
+            if chosen:
+                self._store(_norms(chosen))
+            return original(grads, trainable_variables)
+
+        optimizer.apply = apply
+        self._optimizer = optimizer
+
+    def _store(self, norms):
+        """Keeps the norms computed inside the train step where `on_train_batch_end` can read them."""
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            # Inside a jitted, stateless step: send the value to the host.
+            jax.debug.callback(self._receive, norms)
+        elif backend == "tensorflow":
+            self._norms_variable.assign(norms)
+        else:
+            self._receive(norms)
+
+    def _receive(self, norms):
+        """Stores the norms of the batch just trained as a NumPy array."""
+        self._last_norms = np.array(keras.ops.convert_to_numpy(norms), dtype=np.float64)
+
+    def _read_norms(self):
+        """Returns the kernel gradient norms of the batch just trained."""
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            jax.effects_barrier()
+        elif backend == "tensorflow":
+            return np.array(self._norms_variable.value.read_value().numpy(), dtype=np.float64)
+        return self._last_norms
+
+    # -- the callback -----------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        if keras.backend.backend() == "tensorflow" and self.kernel_layers:
+            # Written inside the traced step, read here: a variable of no layer.
+            self._norms_variable = keras.Variable(
+                np.zeros(len(self.kernel_layers)), dtype="float32", trainable=False
+            )
+        if self.kernel_layers:
+            self._wrap_optimizer()
+            # Retrace so that the step calls the wrapped `apply`.
+            self.model.make_train_function(force=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.every:
+            return
+        self.history["step"].append(self._step)
+        if self.kernel_layers:
+            norms = self._read_norms()
+            for layer, norm in zip(self.kernel_layers, norms):
+                self.history["gradient_norms"][layer.name].append(float(norm))
+        if self.input_layers:
+            for layer, values in zip(self.input_layers, self._pre_activations()):
+                self.history["inputs"][layer.name].append(
+                    [float(p) for p in np.percentile(values.ravel(), self.percentiles)]
+                )
+
+    def on_train_end(self, logs=None):
+        if self._optimizer is not None:
+            del self._optimizer.apply  # the class's own method again
+            self._optimizer = None
+            # The next fit traces a step without the wrapper.
+            self.model.train_function = None
