@@ -1,67 +1,73 @@
-"""Tests for keras_bn.cli: argument parsing and errors of the `keras-bn` command."""
+"""Tests for keras_bn.experiment.cli: arguments, errors, and the README's sequence of commands."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
-import numpy as np
 import pytest
 
 from helpers import write_fake_mnist_npz
-from keras_bn.checkpoint import save_checkpoint
-from keras_bn.cli import build_parser, main
+from keras_bn.experiment import RunConfig
+from keras_bn.experiment.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_defaults_are_the_notebooks():
+def test_defaults_are_the_run_configs():
     args = build_parser().parse_args([])
-    assert args.variants == ("none", "keras", "manual")
-    assert (args.batches, args.batch_size, args.learning_rate, args.seed) == (800, 32, 0.002, 0)
+    defaults = RunConfig()
+    assert args.variants == defaults.variants == ("none", "keras", "manual")
+    assert (args.batches, args.batch_size, args.learning_rate) == (800, 32, 0.002)
+    assert (args.seed, args.seeds) == (None, (0,))
     assert args.data_dir is None and args.out == "runs/deep_mnist"
-    assert (args.seeds, args.checkpoint_every, args.validate_every, args.check_every) == (
-        None, 100, 100, 25)
+    assert (args.checkpoint_every, args.validate_every, args.check_every) == (100, 100, 25)
     assert (args.distribute, args.quiet) == (None, False)
-
-
-def test_parses_the_long_run_options():
-    args = build_parser().parse_args(
-        ["--seeds", "0, 1,2,3,4", "--checkpoint-every", "50", "--validate-every", "10",
-         "--check-every", "5", "--distribute", "mirrored", "--quiet"]
-    )
-    assert args.seeds == (0, 1, 2, 3, 4)
-    assert (args.checkpoint_every, args.validate_every, args.check_every) == (50, 10, 5)
-    assert (args.distribute, args.quiet) == ("mirrored", True)
 
 
 def test_parses_every_option():
     args = build_parser().parse_args(
         ["--variants", "manual, none", "--batches", "5", "--batch-size", "8",
-         "--learning-rate", "1e-3", "--seed", "2", "--data-dir", "d", "--out", "o"]
+         "--learning-rate", "1e-3", "--seeds", "0, 1,2", "--data-dir", "d", "--out", "o",
+         "--checkpoint-every", "50", "--validate-every", "10", "--check-every", "5",
+         "--distribute", "mirrored", "--quiet"]
     )
-    assert args.variants == ("manual", "none")
-    assert (args.batches, args.batch_size, args.learning_rate, args.seed) == (5, 8, 0.001, 2)
+    assert args.variants == ("manual", "none") and args.seeds == (0, 1, 2)
+    assert (args.batches, args.batch_size, args.learning_rate) == (5, 8, 0.001)
     assert (args.data_dir, args.out) == ("d", "o")
+    assert (args.checkpoint_every, args.validate_every, args.check_every) == (50, 10, 5)
+    assert (args.distribute, args.quiet) == ("mirrored", True)
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--variants", "none,bn"], "argument --variants: unknown variant 'bn' in 'none,bn'; "
-                                    "choose from none,keras,manual"),
-        (["--variants", ""], "argument --variants: must name at least one of none,keras,manual"),
-        (["--variants", "keras,keras"], "argument --variants: a variant is repeated"),
-        (["--batches", "0"], "argument --batches: must be a positive integer, got '0'"),
-        (["--batches", "-3"], "argument --batches: must be a positive integer, got '-3'"),
-        (["--batches", "many"], "argument --batches: must be a positive integer, got 'many'"),
-        (["--batch-size", "0"], "argument --batch-size: must be a positive integer, got '0'"),
-        (["--learning-rate", "0"], "argument --learning-rate: must be a positive number, got '0'"),
-        (["--learning-rate=-1e-3"], "argument --learning-rate: must be a positive number"),
-        (["--learning-rate", "nan"], "argument --learning-rate: must be a positive number"),
-        (["--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
-        (["--seeds", ""], "argument --seeds: must list at least one seed, got ''"),
-        (["--seeds", "0,x"], "argument --seeds: seeds must be integers >= 0, got 'x' in '0,x'"),
-        (["--seeds=-1,2"], "argument --seeds: seeds must be integers >= 0, got '-1' in '-1,2'"),
-        (["--seeds", "1,2,1"], "argument --seeds: a seed is repeated in '1,2,1'"),
+        (["--variants", "none,bn"], "argument --variants: `variants` may only hold none, keras, "
+                                    "manual. Received: 'bn' in variants='none,bn'"),
+        (["--variants", ""], "argument --variants: `variants` must hold at least one of"),
+        (["--variants", "keras,keras"], "argument --variants: `variants` must not repeat"),
+        (["--batches", "0"], "argument --batches: `batches` must be a positive int. "
+                             "Received: batches=0"),
+        (["--batches", "-3"], "argument --batches: `batches` must be a positive int"),
+        (["--batches", "many"], "argument --batches: `batches` must be a positive int. "
+                                "Received: batches='many'"),
+        (["--batch-size", "0"], "argument --batch-size: `batch_size` must be a positive int"),
+        (["--learning-rate", "0"], "argument --learning-rate: `learning_rate` must be a "
+                                   "positive finite number"),
+        (["--learning-rate=-1e-3"], "`learning_rate` must be a positive finite number"),
+        (["--learning-rate", "nan"], "`learning_rate` must be a positive finite number"),
+        (["--learning-rate", "inf"], "`learning_rate` must be a positive finite number"),
+        (["--seed", "-1"], "argument --seed: `seed` must be an int >= 0. Received: seed=-1"),
+        (["--seeds", ""], "argument --seeds: `seeds` must hold at least one seed"),
+        (["--seeds", "0,x"], "argument --seeds: `seeds` must be ints >= 0. Received: 'x'"),
+        (["--seeds=-1,2"], "argument --seeds: `seeds` must be ints >= 0. Received: -1"),
+        (["--seeds", "1,2,1"], "argument --seeds: `seeds` must not repeat a value"),
         (["--seed", "1", "--seeds", "2,3"], "argument --seeds: not allowed with argument --seed"),
-        (["--checkpoint-every", "0"], "argument --checkpoint-every: must be a positive integer"),
-        (["--validate-every", "-5"], "argument --validate-every: must be a positive integer"),
-        (["--check-every", "x"], "argument --check-every: must be a positive integer, got 'x'"),
+        (["--checkpoint-every", "0"], "argument --checkpoint-every: `checkpoint_every` must be"),
+        (["--validate-every", "-5"], "argument --validate-every: `validate_every` must be"),
+        (["--check-every", "x"], "argument --check-every: `check_every` must be a positive int"),
         (["--distribute", "ring"], "argument --distribute: invalid choice: 'ring'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
@@ -75,22 +81,20 @@ def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):
     assert message in err
 
 
-def test_missing_data_dir_exits_1_naming_the_folder(tmp_path, capsys):
-    missing = tmp_path / "no_mnist_here"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--variants", "none", "--batches", "1", "--data-dir", str(missing),
-              "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith("keras-bn: error: ") and str(missing) in err
-    assert not (tmp_path / "out").exists()
-
-
 def _exit(argv, capsys):
     """Runs `main(argv)`, which must exit; returns `(status, stderr)`."""
     with pytest.raises(SystemExit) as exit_info:
         main([str(arg) for arg in argv])
     return exit_info.value.code, capsys.readouterr().err
+
+
+def test_missing_data_dir_exits_1_naming_the_folder(tmp_path, capsys):
+    missing = tmp_path / "no_mnist_here"
+    status, err = _exit(["--variants", "none", "--batches", "1", "--data-dir", missing,
+                         "--out", tmp_path / "out"], capsys)
+    assert status == 1
+    assert err.startswith("keras-bn: error: ") and str(missing) in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_out_folder_that_cannot_be_written_exits_2(tmp_path, capsys):
@@ -110,26 +114,9 @@ def test_mirrored_off_tensorflow_exits_2(tmp_path, capsys, monkeypatch):
            "which needs the TensorFlow backend. Received: backend 'torch'" in err
 
 
-def _checkpoint(out, config):
-    """Writes a checkpoint of `none`, seed 0, with `config`, where the command looks for it."""
-    (out / "checkpoints").mkdir(parents=True)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    return save_checkpoint(out / "checkpoints" / "none-seed0.npz", model, {"config": config})
-
-
-def test_a_checkpoint_of_another_configuration_exits_2(tmp_path, capsys):
-    path = _checkpoint(tmp_path / "out", {"variant": "none", "seed": 0, "batches": 800})
-    argv = ["--variants", "none", "--batches", "5", "--data-dir", write_fake_mnist_npz(tmp_path),
-            "--out", tmp_path / "out"]
-    status, err = _exit(argv, capsys)
-    assert status == 2
-    assert (f"keras-bn: error: The checkpoint {path} was written by a run with another "
-            "configuration (batches: 800 there, 5 now; ") in err
-    assert "Use another output folder, or delete the checkpoint to start that run over." in err
-
-
 def test_a_corrupt_checkpoint_exits_1(tmp_path, capsys):
-    path = tmp_path / "out" / "checkpoints" / "none-seed0.npz"
+    name = RunConfig(variants="none", batches=5).name
+    path = tmp_path / "out" / name / "checkpoints" / "none-seed0.zip"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a file")
     argv = ["--variants", "none", "--batches", "5", "--data-dir", write_fake_mnist_npz(tmp_path),
@@ -137,3 +124,34 @@ def test_a_corrupt_checkpoint_exits_1(tmp_path, capsys):
     status, err = _exit(argv, capsys)
     assert status == 1
     assert err.startswith(f"keras-bn: error: Cannot read the checkpoint {path}: ")
+
+
+def test_the_readmes_commands_work_one_after_the_other(tmp_path, monkeypatch, capsys):
+    """`keras-bn`, then `keras-bn --variants manual --batches N`, then `keras-bn` again.
+
+    As in a fresh clone: no runs/ folder yet, the default --out. Short settings and a
+    small fake MNIST keep it quick; the flags that differ are the README's.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KERAS_BN_MNIST_DIR", str(write_fake_mnist_npz(tmp_path)))
+    short = ["--batches", "2", "--batch-size", "4", "--quiet"]
+    assert main(short) == 0
+    assert main([*short, "--variants", "manual", "--batches", "3"]) == 0  # Exited 2 before.
+    configs = sorted((json.loads((folder / "results.json").read_text())["config"]
+                      for folder in Path("runs/deep_mnist").iterdir()), key=lambda c: c["batches"])
+    assert [(c["variants"], c["batches"]) for c in configs] == [
+        (["none", "keras", "manual"], 2), (["manual"], 3)]
+    capsys.readouterr()
+    assert main([arg for arg in short if arg != "--quiet"]) == 0  # The first command again.
+    out = capsys.readouterr().out
+    assert out.count("not trained again.") == 3 and "Batch: " not in out
+
+
+def test_the_example_script_is_the_cli():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "deep_mnist.py"),
+                           "--batches", "0"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 2
+    assert "usage: keras-bn [-h] [--variants LIST]" in proc.stderr
+    assert "--batches: `batches` must be a positive int. Received: batches=0" in proc.stderr
