@@ -23,12 +23,15 @@ from keras_bn.datasets import (
 )
 from keras_bn.feeder import BatchFeeder
 from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
+from keras_bn.layer_statistics import LayerStatistics
 from keras_bn.models import compile_like_notebook, deep_mnist_model
+from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
 
 __all__ = [
     "BatchFeeder",
     "DataSplit",
     "FoldedBatchNorm",
+    "LayerStatistics",
     "MNIST",
     "MNISTDownloadError",
     "MNISTError",
@@ -36,12 +39,14 @@ __all__ = [
     "MNISTNotFoundError",
     "ManualBatchNorm",
     "NotebookLogger",
+    "RecalibrateBatchNorm",
     "__version__",
     "compile_like_notebook",
     "deep_mnist_model",
     "fold_batch_norm",
     "load_mnist",
     "read_idx",
+    "recalibrate_batch_norm",
 ]
 
 #: Harness names that left the top level, and where they live now.
