@@ -28,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,25 @@ def run_launcher(script, backend, args, per_rank_env=None, extra_args=()):
     return summary
 
 
+@contextmanager
+def warnings_of_interest(found):
+    """Records into `found` every warning raised by keras-bn or about a collective.
+
+    The test suite treats warnings as errors, but a worker runs outside pytest:
+    this is how a deprecated all-reduce (torch 2.13 warns on
+    `torch.distributed.nn.functional.all_reduce`) still fails the test.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                text = f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+                if "keras_bn" in str(w.filename) or "all_reduce" in str(w.message):
+                    found.append(text)
+
+
 def write_result(path, result):
     """Writes the worker's result as JSON (to `path`, or stdout when `path` is None)."""
     text = json.dumps(result)
@@ -358,6 +378,7 @@ def summarize(results):
                 summary[f"{section}.{k}"] = max(r[section][k] for r in results)
     if "uneven" in results[0]:
         summary["uneven.local_batches"] = [r["uneven"]["local_batch"] for r in results]
+    summary["warnings"] = sorted({w for r in results for w in r.get("warnings", [])})
     if "benchmark" in results[0]:
         summary["benchmark"] = [r["benchmark"] for r in results]
     if "final_weights" in results[0]:

@@ -189,8 +189,10 @@ def worker(args):
             "--benchmark: under DataParallel the statistics are global with or without "
             "synchronized=True, so there is nothing to compare on JAX"
         )
-    initial, final = check_fit(args.rank)
-    result["uneven"] = check_uneven(args.rank)
+    result["warnings"] = []
+    with common.warnings_of_interest(result["warnings"]):
+        initial, final = check_fit(args.rank)
+        result["uneven"] = check_uneven(args.rank)
     result["fit"] = reference_fit(initial, final)
     result["final_weights"] = {k: v.tolist() for k, v in final.items()}
     common.write_result(args.result, result)

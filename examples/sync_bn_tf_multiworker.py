@@ -254,8 +254,10 @@ def worker(args):
     if args.benchmark:
         result["benchmark"] = benchmark(strategy, args.rank, args.world_size)
     else:
-        initial, final, grads = check_fit(strategy, args.rank)
-        result["uneven"] = check_uneven(strategy, args.rank)
+        result["warnings"] = []
+        with common.warnings_of_interest(result["warnings"]):
+            initial, final, grads = check_fit(strategy, args.rank)
+            result["uneven"] = check_uneven(strategy, args.rank)
         result["fit"] = reference_fit(args.rank, initial, final, grads)
         result["final_weights"] = {k: v.tolist() for k, v in final.items()}
     common.write_result(args.result, result)

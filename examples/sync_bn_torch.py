@@ -197,13 +197,14 @@ def worker(args):
     dist.init_process_group(
         "gloo", init_method=init, rank=args.rank, world_size=args.world_size
     )
-    result = {"rank": args.rank, "world_size": dist.get_world_size()}
+    result = {"rank": args.rank, "world_size": dist.get_world_size(), "warnings": []}
     try:
         if args.benchmark:
             result["benchmark"] = benchmark(args.rank, args.world_size)
         else:
-            initial, final, grads = check_fit(args.rank)
-            result["uneven"] = check_uneven(args.rank)
+            with common.warnings_of_interest(result["warnings"]):
+                initial, final, grads = check_fit(args.rank)
+                result["uneven"] = check_uneven(args.rank)
     finally:
         dist.destroy_process_group()
     if not args.benchmark:

@@ -48,6 +48,8 @@ def _need(*modules):
 
 def _check(summary, input_grads):
     """The assertions every engine shares, on the launcher's summary of both workers."""
+    # No warning from keras-bn or about a collective (e.g. a deprecated all-reduce).
+    assert summary["warnings"] == []
     scale = summary["fit.weights_scale"]
     assert summary["fit.weights_moved"] > 0.1, "training did not change the weights"
     assert summary["fit.weights_error"] <= RELATIVE * scale, summary
