@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_bn import _checks
 from keras_bn.batch_norm import ManualBatchNorm
 
 __all__ = ["deep_mnist_model", "compile_like_notebook", "NUM_CONV_LAYERS"]
@@ -234,7 +235,7 @@ def compile_like_notebook(model, learning_rate=0.002):
         The same `model`, compiled.
 
     Raises:
-        ValueError: if `learning_rate` is not a positive number.
+        ValueError: if `learning_rate` is not a positive finite number.
 
     Example:
 
@@ -242,15 +243,7 @@ def compile_like_notebook(model, learning_rate=0.002):
     >>> type(model.optimizer).__name__, round(float(model.optimizer.learning_rate), 6)
     ('Adam', 0.002)
     """
-    try:
-        rate = float(learning_rate)
-    except (TypeError, ValueError):
-        rate = float("nan")
-    if isinstance(learning_rate, bool) or not rate > 0:
-        raise ValueError(
-            "`learning_rate` must be a positive number. "
-            f"Received: learning_rate={learning_rate!r}"
-        )
+    rate = _checks.learning_rate(learning_rate)
     model.compile(
         optimizer=keras.optimizers.Adam(
             learning_rate=rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8

@@ -5,6 +5,8 @@
 #
 #   bash scripts/demo.sh --variants manual --batches 300
 #
+# Each configuration gets its own run folder under runs/deep_mnist (named by its
+# settings); the same command again resumes it, or reuses it once finished.
 # Uses KERAS_BN_MNIST_DIR, or ../shared/datasets/mnist when it exists; otherwise
 # Keras downloads MNIST (needs the internet).
 set -euo pipefail

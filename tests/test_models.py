@@ -171,7 +171,7 @@ def test_compile_like_notebook():
     assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
-@pytest.mark.parametrize("bad", [0, -0.1, "fast", float("nan"), True])
+@pytest.mark.parametrize("bad", [0, -0.1, "fast", float("nan"), float("inf"), True])
 def test_compile_bad_learning_rate_raises(bad):
-    with pytest.raises(ValueError, match="`learning_rate` must be a positive number"):
+    with pytest.raises(ValueError, match="`learning_rate` must be a positive finite number"):
         compile_like_notebook(deep_mnist_model(), learning_rate=bad)
