@@ -22,7 +22,8 @@ from keras_bn.datasets import (
 )
 from keras_bn.experiment import ExperimentError, run_experiment
 from keras_bn.feeder import BatchFeeder
-from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
+from keras_bn.convert import convert_batch_norm
+from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
 from keras_bn.interrupt import StopOnSignal, TrainingInterrupted
 from keras_bn.models import compile_like_notebook, deep_mnist_model
 from keras_bn.progress import ProgressBar
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointMismatchError",
     "DataSplit",
     "ExperimentError",
+    "FoldReport",
     "FoldedBatchNorm",
     "MNIST",
     "MNISTDownloadError",
@@ -47,6 +49,7 @@ __all__ = [
     "TrainingInterrupted",
     "__version__",
     "compile_like_notebook",
+    "convert_batch_norm",
     "deep_mnist_model",
     "fold_batch_norm",
     "load_mnist",
