@@ -22,9 +22,18 @@ def _manual_options():
     return [name for name in inspect.signature(ManualBatchNorm.__init__).parameters if name not in ("self", "kwargs")]
 
 
+def _config(layer, options):
+    """Returns `layer`'s config with `options` on top, ready for a constructor."""
+    config = {**layer.get_config(), **options}
+    if isinstance(config.get("dtype"), dict):
+        config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+    return config
+
+
 def _to_manual(layer, options):
     """Returns a `ManualBatchNorm` configured like the Keras `layer`, with `options` on top."""
-    return ManualBatchNorm.from_config({**layer.get_config(), **options})
+    # The constructor, not from_config: its errors name the option as given.
+    return ManualBatchNorm(**_config(layer, options))
 
 
 def _keras_incompatibilities(config):
@@ -45,7 +54,7 @@ def _keras_incompatibilities(config):
 
 def _to_keras(layer, options):
     """Returns a Keras `BatchNormalization` configured like the `ManualBatchNorm` `layer`, or raises."""
-    config = {**layer.get_config(), **options}
+    config = _config(layer, options)
     problems = _keras_incompatibilities(config)
     if problems:
         return None, problems
@@ -53,7 +62,7 @@ def _to_keras(layer, options):
         config.pop(key, None)
     if isinstance(config["axis"], (list, tuple)):
         config["axis"] = config["axis"][0]
-    return keras.layers.BatchNormalization.from_config(config), []
+    return keras.layers.BatchNormalization(**config), []
 
 
 def convert_batch_norm(model, *, to="manual", **options):
