@@ -5,10 +5,13 @@ statistics (a few training-mode calls) and non-trivial gamma and beta, and is
 then folded and converted. On TensorFlow every model runs; on JAX and PyTorch
 MobileNetV2 stands for them, to keep the suite fast.
 
-Training mode is compared in float64: through 50 layers of batch statistics on
-4 samples, float32 round-off grows to a few 1e-4 of the logits' scale for
-Keras's own layer as for ManualBatchNorm (each against a float64 run), so only
-float64 can show that both compute the same thing.
+Training mode is compared in float64 on TensorFlow: through 50 layers of batch
+statistics on 4 samples, float32 round-off grows to a few 1e-4 of the logits'
+scale (measured against a float64 run: 3.7e-4 for Keras's own layer on ResNet50,
+7.5e-4 for ManualBatchNorm), so only float64 shows that both compute the same
+thing. JAX has float64 only with jax_enable_x64, and Keras's own layer reduces
+float64 in float32 on PyTorch, so the other backends compare float32 at the
+round-off bound.
 """
 
 import numpy as np
@@ -118,9 +121,15 @@ def test_every_batch_norm_config_loads_into_manual_batch_norm(name, built):
         assert {key: ours[key] for key in config} == config, layer.name
 
 
-@pytest.mark.parametrize("name", list(_cases()))
-def test_conversion_trains_the_same_in_float64(name, built):
-    model, x = built(name, "float64")
+def _training_cases():
+    """Float64 on TensorFlow, float32 elsewhere (see the module docstring), with their tolerances."""
+    dtype, tolerance = ("float64", 1e-9) if keras.backend.backend() == "tensorflow" else ("float32", 1e-3)
+    return [pytest.param(*case.values, dtype, tolerance, marks=case.marks, id=f"{case.id}-{dtype}") for case in _cases()]
+
+
+@pytest.mark.parametrize("name,dtype,tolerance", _training_cases())
+def test_conversion_trains_the_same(name, dtype, tolerance, built):
+    model, x = built(name, dtype)
     # Both sides are copies, so the cached model keeps its statistics; dropout
     # is switched off, as its random masks differ between two models.
     converted = convert_batch_norm(model)
@@ -130,11 +139,11 @@ def test_conversion_trains_the_same_in_float64(name, built):
             layer.rate = 0.0
     trained = to_numpy(reference(x, training=True))
     error = _relative_error(to_numpy(converted(x, training=True)), trained)
-    assert error <= 1e-9, f"{name}: training-mode logits differ by {error:.2e} of their scale"
+    assert error <= tolerance, f"{name}: training-mode logits differ by {error:.2e} of their scale"
     for ours, ref in zip(_batch_norms(converted), _batch_norms(reference)):
         for stat in ("moving_mean", "moving_variance"):
             ref_value = to_numpy(getattr(ref, stat))
             np.testing.assert_allclose(
-                to_numpy(getattr(ours, stat)), ref_value, rtol=1e-9, atol=1e-9 * np.abs(ref_value).max(),
+                to_numpy(getattr(ours, stat)), ref_value, rtol=tolerance, atol=tolerance * np.abs(ref_value).max(),
                 err_msg=f"{name}/{ours.name}:{stat}",
             )
