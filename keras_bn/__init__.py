@@ -1,7 +1,7 @@
 """keras-bn: batch normalization for Keras 3, by hand and tested to the last digit.
 
 `ManualBatchNorm` is the seed notebook's hand-written batch normalization as a
-drop-in Keras layer; beside it are its tools (folding) and the notebook's reusable
+drop-in Keras layer; beside it are its tools (folding, conversion, recalibration) and the notebook's reusable
 pieces (the deep MNIST network, its data split, batch order and logging cadence).
 The experiment harness (`run_experiment`, checkpoints, progress, the `keras-bn`
 command) lives in the `keras_bn.experiment` subpackage.
@@ -22,7 +22,8 @@ from keras_bn.datasets import (
     read_idx,
 )
 from keras_bn.feeder import BatchFeeder
-from keras_bn.folding import FoldedBatchNorm, fold_batch_norm
+from keras_bn.convert import convert_batch_norm
+from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
 from keras_bn.layer_statistics import LayerStatistics
 from keras_bn.models import compile_like_notebook, deep_mnist_model
 from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
@@ -30,6 +31,7 @@ from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
 __all__ = [
     "BatchFeeder",
     "DataSplit",
+    "FoldReport",
     "FoldedBatchNorm",
     "LayerStatistics",
     "MNIST",
@@ -42,6 +44,7 @@ __all__ = [
     "RecalibrateBatchNorm",
     "__version__",
     "compile_like_notebook",
+    "convert_batch_norm",
     "deep_mnist_model",
     "fold_batch_norm",
     "load_mnist",

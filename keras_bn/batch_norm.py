@@ -78,10 +78,14 @@ def _moments(x, axes, weights=None, all_reduce=None):
     pass over the full tensor, forward and backward.
     """
     if weights is None and all_reduce is None:
-        mean = ops.mean(x, axis=axes, keepdims=True)
+        # Sums over a count, not ops.mean: Keras's mean on PyTorch reduces
+        # float64 in float32.
+        count = _count_along(x, axes)
+        n = count if isinstance(count, int) else ops.cast(count, x.dtype)
+        mean = ops.sum(x, axis=axes, keepdims=True) / n
         centered = x - mean
-        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
-        return mean, variance, _count_along(x, axes), centered
+        variance = ops.sum(ops.square(centered), axis=axes, keepdims=True) / n
+        return mean, variance, count, centered
     reduce = all_reduce or (lambda t: t)
     if weights is None:
         total = ops.sum(x, axis=axes, keepdims=True)
@@ -617,7 +621,9 @@ class ManualBatchNorm(keras.layers.Layer):
         # float16/bfloat16 are upcast: the squares in the variance overflow
         # float16 for activations above ~256, and its 10-bit mantissa would
         # round the statistics. Integers become float32 as well.
-        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        # float64 stays float64 (keras.backend.result_type would demote it to
+        # float32 on the JAX and PyTorch backends).
+        dtype = "float64" if keras.backend.standardize_dtype(inputs.dtype) == "float64" else "float32"
         x = ops.cast(inputs, dtype)
 
         def per_channel(value, shape=self._broadcast_shape):

@@ -430,3 +430,19 @@ def test_statistics_keep_their_digits_when_the_mean_dwarfs_the_spread():
     x64 = x.astype("float64")
     np.testing.assert_allclose(to_numpy(layer.moving_variance), x64.var(0), rtol=1e-3)
     np.testing.assert_allclose(y, (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-3), atol=2e-3)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="JAX computes in float64 only with jax_enable_x64, which the suite leaves off",
+)
+def test_float64_inputs_are_normalized_in_float64():
+    # keras.backend.result_type and Keras's ops.mean demote float64 to float32
+    # on PyTorch; the layer must not.
+    x = np.random.default_rng(11).normal(3.0, 2.0, size=(4, 5, 5, 8))
+    layer = ManualBatchNorm(dtype="float64", momentum=0.5)
+    y = to_numpy(layer(x, training=True))
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), 0.5 + 0.5 * var, rtol=1e-13)

@@ -283,7 +283,7 @@ def test_unbiased_variance_in_fit_with_a_ragged_last_batch():
     # sees an unknown batch size (a tensor count, not a Python int).
     rng = np.random.default_rng(3)
     x = _batch(rng, (10, 3))
-    model = keras.Sequential([keras.Input((3,)), ManualBatchNorm(momentum=0.5, unbiased_variance=True, center=False, scale=False)])
+    model = keras.Sequential([keras.Input((3,)), ManualBatchNorm(momentum=0.5, unbiased_variance=True)])
     model.compile(optimizer="sgd", loss="mse")
     model.fit(x, np.zeros_like(x), batch_size=4, shuffle=False, epochs=1, verbose=0)
     expected = np.ones(3)
@@ -321,10 +321,15 @@ def test_cumulative_average_skips_thrown_away_batches(bad):
 
 
 def test_momentum_one_freezes_the_statistics():
-    layer = ManualBatchNorm(momentum=1.0, renorm=True, renorm_momentum=1.0)
-    layer(_batch(np.random.default_rng(5), (8, 3)), training=True)
+    x = _batch(np.random.default_rng(5), (8, 3))
+    layer = ManualBatchNorm(momentum=1.0)
+    layer(x, training=True)
     np.testing.assert_array_equal(to_numpy(layer.moving_mean), np.zeros(3, "float32"))
     np.testing.assert_array_equal(to_numpy(layer.moving_variance), np.ones(3, "float32"))
+    renorm = ManualBatchNorm(momentum=1.0, renorm=True, renorm_momentum=1.0)
+    renorm(x, training=True)
+    for name, value in (("moving_stddev", 1.0), ("renorm_mean", 0.0), ("renorm_stddev", 1.0)):
+        np.testing.assert_array_equal(to_numpy(getattr(renorm, name)), np.full(3, value, "float32"))
 
 
 def test_loads_every_config_keras_accepts():

@@ -55,6 +55,11 @@ def test_conv_and_dense_followed_by_bn_are_folded(bn_cls):
     assert _kinds(model).count(bn_cls.__name__) == 2
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow",
+    reason="TensorFlow's CPU Conv2D implements channels_first only on some CPUs (with "
+    "AVX-512); the same case runs on the JAX and PyTorch backends",
+)
 def test_channels_first_conv_folds_with_axis_1():
     rng = np.random.default_rng(1)
     model = keras.Sequential(
@@ -71,6 +76,145 @@ def test_channels_first_conv_folds_with_axis_1():
     assert isinstance(folded, keras.Sequential)
     assert _kinds(folded) == ["Conv2D", "FoldedBatchNorm"]
     np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_first_axis_check_without_running_a_conv():
+    # The same rule on every backend, with no channels_first convolution to run:
+    # a BN over axis 1 after a channels_last conv is kept, with the reason.
+    model = keras.Sequential(
+        [keras.Input((6, 6, 6)), keras.layers.Conv2D(6, 1, name="conv"), ManualBatchNorm(axis=1, name="bn")]
+    )
+    _, report = fold_batch_norm(model, return_report=True)
+    assert report.folded == {}
+    assert "axis 1 is not the channel axis (3) of 'conv'" in report.kept["bn"]
+
+
+@pytest.mark.parametrize("merge", ["add", "concatenate", "multiply"])
+def test_a_linear_output_with_another_consumer_is_not_folded(merge):
+    # Dense -> BN, and the Dense output also feeds a multi-input layer: folding
+    # would change what that layer sees, so the BN must stay.
+    rng = np.random.default_rng(6)
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(4, name="dense")(inputs)
+    bn = ManualBatchNorm(name="bn")(dense)
+    merged = {
+        "add": keras.layers.Add(),
+        "concatenate": keras.layers.Concatenate(),
+        "multiply": keras.layers.Multiply(),
+    }[merge]([bn, dense])
+    model = keras.Model(inputs, merged)
+    x = rng.normal(2.0, 3.0, size=(16, 4)).astype("float32")
+    _warm_up(model, x)
+    _randomize_affine(model, rng)
+    folded, report = fold_batch_norm(model, return_report=True)
+    assert report.folded == {}
+    assert "'dense''s output also feeds" in report.kept["bn"]
+    np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_a_linear_output_returned_by_the_model_is_not_folded():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(4, name="dense")(inputs)
+    model = keras.Model(inputs, [ManualBatchNorm(name="bn")(dense), dense])
+    _, report = fold_batch_norm(model, return_report=True)
+    assert report.folded == {} and "<output>" in report.kept["bn"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="linear"),
+        lambda: keras.layers.DepthwiseConv1D(3, depth_multiplier=3, name="linear"),
+        lambda: keras.layers.SeparableConv2D(5, 3, depth_multiplier=2, name="linear"),
+        lambda: keras.layers.SeparableConv1D(5, 3, use_bias=False, name="linear"),
+        lambda: keras.layers.Conv3D(4, 2, name="linear"),
+        lambda: keras.layers.Conv2D(6, 3, groups=3, use_bias=False, name="linear"),
+    ],
+    ids=["depthwise2d", "depthwise1d", "separable2d", "separable1d", "conv3d", "grouped"],
+)
+@pytest.mark.parametrize("bn_cls", [ManualBatchNorm, keras.layers.BatchNormalization])
+def test_every_foldable_layer_type(make, bn_cls):
+    rng = np.random.default_rng(7)
+    linear = make()
+    rank = {"1D": 3, "2D": 4, "3D": 5}[next(k for k in ("1D", "2D", "3D") if k in type(linear).__name__)]
+    shape = (6, 6, 6, 3)[: rank - 2] + (3,)
+    model = keras.Sequential([keras.Input(shape), linear, bn_cls(name="bn")])
+    x = rng.normal(1.0, 2.0, size=(8,) + shape).astype("float32")
+    _warm_up(model, x)
+    _randomize_affine(model, rng)
+    folded, report = fold_batch_norm(model, return_report=True)
+    assert report.folded == {"bn": "linear"}, report.kept
+    expected = to_numpy(model(x, training=False))
+    np.testing.assert_allclose(to_numpy(folded(x, training=False)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_nested_models_are_folded_inside():
+    rng = np.random.default_rng(8)
+    block = keras.Sequential(
+        [keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, name="conv"), ManualBatchNorm(name="bn"), keras.layers.ReLU()],
+        name="block",
+    )
+    inputs = keras.Input((6, 6, 3))
+    h = block(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(3, name="head")(h)
+    outputs = keras.layers.BatchNormalization(name="head_bn")(h)
+    model = keras.Model(inputs, outputs)
+    x = rng.normal(size=(8, 6, 6, 3)).astype("float32")
+    _warm_up(model, x)
+    _randomize_affine(block, rng)
+    _randomize_affine(model, rng)
+    folded, report = fold_batch_norm(model, return_report=True)
+    assert report.folded == {"block/bn": "block/conv", "head_bn": "head"}
+    assert _kinds(folded.get_layer("block")) == ["Conv2D", "FoldedBatchNorm", "ReLU"]
+    np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_report_explains_what_was_kept(capsys):
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, activation="relu", name="relu_dense")(inputs)
+    h = ManualBatchNorm(name="after_relu")(h)
+    h = keras.layers.Dense(4, name="plain")(h)
+    h = ManualBatchNorm(name="folds")(h)
+    h = ManualBatchNorm(name="after_bn")(h)
+    bn_train = ManualBatchNorm(name="always_training")
+    h = bn_train(keras.layers.Dense(4, name="d2")(h), training=True)
+    model = keras.Model(inputs, h)
+    folded, report = fold_batch_norm(model, verbose=True, return_report=True)
+    assert report.folded == {"folds": "plain"}
+    assert "activation 'relu'" in report.kept["after_relu"]
+    assert "ManualBatchNorm 'folds'" in report.kept["after_bn"]
+    assert "training=True" in report.kept["always_training"]
+    printed = capsys.readouterr().out
+    assert "Folded 1 batch norm(s), kept 3." in printed and "kept after_relu:" in printed
+
+
+def test_mixed_precision_model_keeps_its_dtypes():
+    rng = np.random.default_rng(9)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, dtype="mixed_float16", name="dense"),
+            ManualBatchNorm(dtype="mixed_float16", name="bn"),
+        ]
+    )
+    x = rng.normal(size=(8, 5)).astype("float32")
+    _warm_up(model, x)
+    folded = fold_batch_norm(model)
+    y = folded(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    np.testing.assert_allclose(to_numpy(y).astype("float32"), to_numpy(model(x)).astype("float32"), rtol=2e-2, atol=2e-2)
+
+
+def test_folded_model_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(10)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), ManualBatchNorm()])
+    x = rng.normal(size=(8, 5)).astype("float32")
+    _warm_up(model, x)
+    folded = fold_batch_norm(model)
+    folded.save(tmp_path / "folded.keras")
+    loaded = keras.saving.load_model(tmp_path / "folded.keras")
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(folded(x)))
 
 
 def test_unfoldable_layers_are_kept():

@@ -1,0 +1,159 @@
+"""convert_batch_norm: Keras's layer to ManualBatchNorm and back, same predictions, same training."""
+
+import numpy as np
+import pytest
+
+import keras
+from helpers import input_and_weight_grads, to_numpy
+from keras_bn import ManualBatchNorm, convert_batch_norm
+
+BN = keras.layers.BatchNormalization
+
+
+def _model(bn=BN, **bn_kwargs):
+    """A small functional model with a nested Sequential block and three batch norms of `bn`."""
+    block = keras.Sequential(
+        [keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 3, padding="same", name="conv"), bn(name="bn", **bn_kwargs)],
+        name="block",
+    )
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(4, 1, name="stem")(inputs)
+    h = bn(name="stem_bn", **bn_kwargs)(h)
+    h = keras.layers.Add()([block(h), h])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(3, name="head")(h)
+    return keras.Model(inputs, bn(name="head_bn", **bn_kwargs)(h))
+
+
+def _batch_norms(model, prefix=""):
+    """Returns `{path: layer}` for the batch norms of `model`, nested ones included."""
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.update(_batch_norms(layer, prefix + layer.name + "/"))
+        elif isinstance(layer, (BN, ManualBatchNorm)):
+            found[prefix + layer.name] = layer
+    return found
+
+
+def _prepare(model, seed=0):
+    """Moves the moving statistics off their initial values and gives gamma, beta non-trivial values."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1.0, 2.0, size=(8, 6, 6, 3)).astype("float32")
+    for k in range(3):
+        model(x + k, training=True)
+    for layer in _batch_norms(model).values():
+        if layer.scale:
+            layer.gamma.assign(rng.uniform(0.5, 2.0, layer.gamma.shape).astype("float32"))
+        if layer.center:
+            layer.beta.assign(rng.normal(size=layer.beta.shape).astype("float32"))
+    return rng.normal(0.5, 1.5, size=(8, 6, 6, 3)).astype("float32")
+
+
+def _statistics(model):
+    """Returns the moving statistics of every batch norm, by path."""
+    return {
+        f"{path}:{name}": to_numpy(getattr(layer, name))
+        for path, layer in _batch_norms(model).items()
+        for name in ("moving_mean", "moving_variance")
+    }
+
+
+def test_converted_model_predicts_and_trains_the_same():
+    original = _model()
+    x = _prepare(original)
+    converted = convert_batch_norm(original)
+    layers = _batch_norms(converted)
+    assert sorted(layers) == ["block/bn", "head_bn", "stem_bn"]
+    assert all(type(layer) is ManualBatchNorm for layer in layers.values())
+    assert all(type(layer) is BN for layer in _batch_norms(original).values())  # untouched
+
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(original(x)), rtol=1e-5, atol=1e-5)
+    upstream = np.random.default_rng(1).normal(size=(8, 3)).astype("float32")
+    grads = input_and_weight_grads(original, x, upstream)
+    converted_grads = input_and_weight_grads(converted, x, upstream)
+    assert len(grads) == len(converted_grads)
+    for ours, ref in zip(converted_grads, grads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * (1 + np.abs(ref).max()))
+    np.testing.assert_allclose(
+        to_numpy(converted(x, training=True)), to_numpy(original(x, training=True)), rtol=1e-4, atol=1e-4
+    )
+    expected = _statistics(original)
+    for key, value in _statistics(converted).items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_options_apply_to_every_converted_layer_and_only_to_them():
+    original = _model(momentum=0.9, epsilon=1e-4)
+    original.get_layer("stem_bn").trainable = False
+    converted = convert_batch_norm(original, virtual_batch_size=4, unbiased_variance=True)
+    for path, layer in _batch_norms(converted).items():
+        assert (layer.virtual_batch_size, layer.unbiased_variance) == (4, True), path
+        assert (layer.momentum, layer.epsilon) == (0.9, 1e-4), path
+    assert converted.get_layer("stem_bn").trainable is False
+    assert [type(layer).__name__ for layer in converted.layers] == [type(layer).__name__.replace("BatchNormalization", "ManualBatchNorm") for layer in original.layers]
+
+
+def test_round_trip_back_to_keras_restores_config_and_weights():
+    original = _model(momentum=0.95, center=False)
+    x = _prepare(original)
+    back = convert_batch_norm(convert_batch_norm(original), to="keras")
+    for path, layer in _batch_norms(back).items():
+        ref = _batch_norms(original)[path]
+        assert type(layer) is BN
+        assert layer.get_config() == ref.get_config()
+        for ours, theirs in zip(layer.weights, ref.weights):
+            np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
+    np.testing.assert_array_equal(to_numpy(back(x)), to_numpy(original(x)))
+
+
+def test_options_keras_lacks_are_refused_by_name():
+    manual = convert_batch_norm(_model(), virtual_batch_size=4)
+    with pytest.raises(ValueError, match=r"cannot convert these ManualBatchNorm layers") as raised:
+        convert_batch_norm(manual, to="keras")
+    for path in ("block/bn", "head_bn", "stem_bn"):
+        assert f"'{path}': virtual_batch_size=4 (Keras 3's BatchNormalization has no ghost batches)" in str(raised.value)
+    cumulative = convert_batch_norm(_model(), momentum=None)
+    with pytest.raises(ValueError, match=r"momentum=None"):
+        convert_batch_norm(cumulative, to="keras")
+
+
+def test_bad_arguments():
+    model = _model()
+    with pytest.raises(ValueError, match=r'`to` must be "manual" or "keras". Received: to=\'torch\''):
+        convert_batch_norm(model, to="torch")
+    with pytest.raises(TypeError, match=r"unknown option\(s\): virtual_batch"):
+        convert_batch_norm(model, virtual_batch=4)
+    with pytest.raises(TypeError, match=r"unknown option\(s\): unbiased_variance"):
+        convert_batch_norm(model, to="keras", unbiased_variance=True)
+    with pytest.raises(ValueError, match=r"virtual_batch_size"):
+        convert_batch_norm(model, virtual_batch_size=0)
+
+    class Custom(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match=r"Sequential or Functional.*Custom"):
+        convert_batch_norm(Custom())
+
+
+def test_renorm_and_mixed_precision_carry_over():
+    original = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, dtype="mixed_float16"),
+            BN(renorm=True, renorm_clipping={"rmax": 2.0, "dmax": 1.0}, dtype="mixed_float16", name="bn"),
+        ]
+    )
+    x = np.random.default_rng(2).normal(2.0, 1.0, size=(8, 5)).astype("float32")
+    for k in range(3):
+        original(x + k, training=True)
+    converted = convert_batch_norm(original)
+    bn = converted.get_layer("bn")
+    assert bn.renorm and bn.renorm_clipping == {"rmax": 2.0, "dmax": 1.0}
+    assert bn.dtype_policy.name == "mixed_float16"
+    for name in ("moving_stddev", "renorm_mean", "renorm_stddev", "moving_variance"):
+        np.testing.assert_array_equal(to_numpy(getattr(bn, name)), to_numpy(getattr(original.get_layer("bn"), name)))
+    y = converted(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    np.testing.assert_allclose(to_numpy(y).astype("float32"), to_numpy(original(x)).astype("float32"), rtol=1e-3, atol=1e-3)
