@@ -95,7 +95,7 @@ for name in names:
 for banned in ("tests/", "docs/", "examples/", "scripts/"):
     if any(f"/{banned}" in f"/{name}" for name in names):
         problems.append(f"the wheel holds {banned}")
-for required in ("keras_bn/__init__.py", "keras_bn/batch_norm.py", "keras_bn/cli.py"):
+for required in ("keras_bn/__init__.py", "keras_bn/batch_norm.py", "keras_bn/experiment/cli.py"):
     if required not in names:
         problems.append(f"the wheel lacks {required}")
 if not any(re.match(rf"{dist_info}/(licenses/)?LICENSE", name) for name in names):
@@ -122,9 +122,9 @@ if not urls:
     problems.append("no Project-URL")
 if not any(req.startswith("keras") for req in field("Requires-Dist")):
     problems.append(f"keras is not a requirement: {field('Requires-Dist')}")
-if not re.search(r"^\[console_scripts\]\s*$[^\[]*^keras-bn\s*=\s*keras_bn\.cli:main\s*$",
+if not re.search(r"^\[console_scripts\]\s*$[^\[]*^keras-bn\s*=\s*keras_bn\.experiment\.cli:main\s*$",
                  entry_points, re.M):
-    problems.append(f"no `keras-bn = keras_bn.cli:main` console script: {entry_points!r}")
+    problems.append(f"no `keras-bn = keras_bn.experiment.cli:main` console script: {entry_points!r}")
 
 with tarfile.open(sdist_path) as sdist:
     members = [m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name]

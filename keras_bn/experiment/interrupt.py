@@ -6,9 +6,8 @@ import threading
 __all__ = ["StopOnSignal", "TrainingInterrupted", "signal_name"]
 
 #: The signals a run stops on: Ctrl-C (SIGINT) and a polite kill (SIGTERM).
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
-)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM")
+                     if hasattr(signal, name))
 
 
 def signal_name(signal_number):
@@ -23,25 +22,19 @@ class TrainingInterrupted(Exception):
     """Raised when a signal stopped training after a batch; says where the checkpoint is.
 
     Attributes:
-        signal_number: The signal that asked for the stop (`signal.SIGINT`,
-            `signal.SIGTERM`).
-        batches_done: Training batches done before the stop, or `None` when the
-            run had finished when the stop was seen.
+        signal_number: The signal that asked for the stop.
+        batches_done: Batches done before the stop, `None` when the run had finished.
         total: The run's number of batches, or `None`.
-        checkpoint: Path of the checkpoint written on the way out, or `None`
-            when there was nowhere to write one.
+        checkpoint: The checkpoint written on the way out, or `None` (no output folder).
         run: What was running, e.g. `"keras, seed 1"`, or `None`.
-        exit_code: `128 + signal_number` (130 for SIGINT, 143 for SIGTERM),
-            the status a shell expects from a process a signal stopped.
+        exit_code: `128 + signal_number` (130 for SIGINT, 143 for SIGTERM), the status a
+            shell expects from a process a signal stopped.
     """
 
     def __init__(self, signal_number, *, batches_done=None, total=None, checkpoint=None, run=None):
         super().__init__(signal_number, batches_done, total, checkpoint, run)
-        self.signal_number = int(signal_number)
-        self.batches_done = batches_done
-        self.total = total
-        self.checkpoint = checkpoint
-        self.run = run
+        self.signal_number, self.batches_done = int(signal_number), batches_done
+        self.total, self.checkpoint, self.run = total, checkpoint, run
 
     @property
     def exit_code(self):
@@ -61,30 +54,22 @@ class TrainingInterrupted(Exception):
 
     def __str__(self):
         message = f"Stopped by {signal_name(self.signal_number)} {self.where}."
-        if self.checkpoint is not None:
-            message += (
-                f" Checkpoint saved to {self.checkpoint}; run again with the same "
-                "arguments and output folder to resume."
-            )
-        else:
-            message += " Nothing was saved (no output folder)."
-        return message
+        if self.checkpoint is None:
+            return message + " Nothing was saved (no output folder)."
+        return message + (f" Checkpoint saved to {self.checkpoint}; run again with the same "
+                          "arguments and output folder to resume.")
 
 
 class StopOnSignal:
     """A context manager that turns SIGINT and SIGTERM into a request to stop.
 
-    Inside the `with` block, the first SIGINT (Ctrl-C) or SIGTERM only records
-    the signal in `signal_number`; the training loop looks at `requested`
-    after each batch, writes a checkpoint and raises `TrainingInterrupted`. A
-    second SIGINT while a stop is pending gives up on the clean stop and raises
-    `KeyboardInterrupt` at once. Leaving the block puts back the handlers that
-    were there before, whatever happened inside, so library code leaves the
-    process as it found it.
-
-    Handlers can only be installed from the main thread; elsewhere the block
-    does nothing and signals keep their usual effect. Blocks may nest: the
-    inner one takes the signals while it is open and gives them back after.
+    Inside the `with` block the first SIGINT (Ctrl-C) or SIGTERM only records
+    the signal; `keras_bn.experiment.checkpoint.RunCheckpoint` sees `requested`
+    after the batch, saves and raises `TrainingInterrupted`. A second SIGINT
+    while a stop is pending raises `KeyboardInterrupt` at once. Leaving the
+    block puts back the previous handlers, whatever happened inside. Handlers
+    can only be installed from the main thread; elsewhere the block installs
+    nothing. Blocks may nest: the inner one takes the signals while it is open.
 
     Args:
         signals: The signals to catch. Defaults to `(SIGINT, SIGTERM)`.
@@ -118,7 +103,6 @@ class StopOnSignal:
 
     def _handle(self, signal_number, frame):
         """The signal handler: records the first signal; a second SIGINT aborts at once."""
-        del frame
         if self.signal_number is not None and signal_number == signal.SIGINT:
             self._restore()
             raise KeyboardInterrupt

@@ -26,13 +26,13 @@ def make_config(config=None, **settings):
         return config
     if config is not None:
         settings["variants"] = config
-    if settings.get("seed") is not None:
+    seed = settings.pop("seed", None)
+    if seed is not None:
         if settings.get("seeds") is not None:
-            raise ValueError(f"Pass `seed` or `seeds`, not both. Received: seed="
-                             f"{settings['seed']!r}, seeds={settings['seeds']!r}")
-        settings["seeds"] = (_checks.non_negative_int("seed", settings["seed"]),)
-    settings.pop("seed", None)
-    if settings.get("seeds") is None:
+            raise ValueError(f"Pass `seed` or `seeds`, not both. Received: seed={seed!r}, "
+                             f"seeds={settings['seeds']!r}")
+        settings["seeds"] = (_checks.non_negative_int("seed", seed),)
+    elif settings.get("seeds") is None:
         settings.pop("seeds", None)
     return RunConfig(**settings)
 
@@ -57,15 +57,12 @@ def run_folder(out_dir, config):
 
 def _progress_stream(progress):
     """Returns the stream a `progress` argument asks for: `None` for no progress bar."""
-    if progress is True:
-        return sys.stderr
-    if progress is False or progress is None:
-        return None
-    if callable(getattr(progress, "write", None)):
-        return progress
-    raise ValueError(
-        f"`progress` must be a bool or a writable text stream. Received: progress={progress!r}"
-    )
+    if progress is True or progress is False or progress is None:
+        return sys.stderr if progress else None
+    if not callable(getattr(progress, "write", None)):
+        raise ValueError("`progress` must be a bool or a writable text stream. "
+                         f"Received: progress={progress!r}")
+    return progress
 
 
 def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, progress=True,
