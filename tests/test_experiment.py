@@ -424,3 +424,17 @@ def test_cli_killed_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
     assert _numbers(b) == _numbers(a)
     for key in ("final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples"):
         assert b[key] == a[key]
+
+
+def test_the_top_level_is_the_library_and_moved_names_warn():
+    import keras_bn
+    import keras_bn.experiment as experiment
+
+    harness = {"run_experiment", "ExperimentError", "CheckpointError", "CheckpointMismatchError",
+               "StopOnSignal", "TrainingInterrupted", "ProgressBar", "CheckpointCallback"}
+    assert not harness & set(keras_bn.__all__)
+    with pytest.warns(DeprecationWarning, match=r"`keras_bn.run_experiment` moved to "
+                                                r"`keras_bn.experiment.run_experiment`"):
+        assert keras_bn.run_experiment is experiment.run_experiment
+    with pytest.raises(AttributeError, match="no attribute 'ProgressBar'"):
+        keras_bn.ProgressBar  # noqa: B018 - replaced by keras_bn.experiment.progress.RunProgress
