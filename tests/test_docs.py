@@ -13,6 +13,10 @@ Conventions a page can rely on:
   before its fence (blank lines between are allowed). It is skipped, with the reason
   shown, when `KERAS_BN_MNIST_DIR` is unset or not a folder; the page's later blocks are
   then skipped too, since they may use what it defined.
+- A block fenced as ```` ```text title="Output" ```` right after a Python block (blank
+  lines between are allowed) is what that block prints: the test compares the block's
+  standard output with it, line by line, trailing spaces ignored. Readers see the
+  output; the suite keeps it true.
 - Each page starts from a clean Keras: `keras.utils.clear_session()`, the `float32`
   dtype policy and `keras.utils.set_random_seed(0)`. After the last page the dtype
   policy is reset to `float32` again, so a page that switches to mixed precision
@@ -22,9 +26,13 @@ The file's own line numbers are kept: a traceback points at `docs/guide/maths.md
 line 57, the line of the Markdown file that failed.
 """
 
+import contextlib
+import dataclasses
+import io
 import linecache
 import os
 import re
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +48,7 @@ NEEDS_MNIST = "<!-- snippet: needs-mnist -->"
 _PYTHON_LANGS = {"python", "py", "python3"}
 # An opening fence: indentation, three or more backticks or tildes, then the info
 # string (language and optional attributes such as `title="..."`).
+OUTPUT_TITLE = 'title="Output"'
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 
 
@@ -52,6 +61,7 @@ class Block:
     index: int  # 0-based position among the page's Python blocks.
     code: str
     needs_mnist: bool
+    expected_output: str | None = None  # What the block prints, from an Output block after it.
 
     @property
     def where(self):
@@ -75,6 +85,7 @@ def parse_blocks(path):
     """
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks = []
+    last_python_end = None  # Line index of the closing fence of the last Python block.
     i = 0
     while i < len(lines):
         match = _FENCE.match(lines[i])
@@ -96,11 +107,20 @@ def parse_blocks(path):
                 "never closed"
             )
         i += 1  # Past the closing fence.
-        if _language(match["info"]) not in _PYTHON_LANGS:
-            continue
         previous = opened_at - 1
         while previous >= 0 and not lines[previous].strip():
             previous -= 1
+        if OUTPUT_TITLE in match["info"]:
+            if not blocks or previous != last_python_end:
+                raise ValueError(
+                    f"{path.relative_to(ROOT)}:{opened_at + 1}: an Output block must come "
+                    "right after a ```python block"
+                )
+            blocks[-1] = dataclasses.replace(blocks[-1], expected_output="\n".join(body))
+            continue
+        if _language(match["info"]) not in _PYTHON_LANGS:
+            continue
+        last_python_end = i - 1
         needs_mnist = previous >= 0 and lines[previous].strip() == NEEDS_MNIST
         blocks.append(
             Block(
@@ -171,10 +191,29 @@ def _run_block(block, run):
     code = compile(source, str(block.path), "exec")
     cwd = os.getcwd()
     os.chdir(run.workdir)
+    printed = io.StringIO()
     try:
-        exec(code, run.namespace)
+        with contextlib.redirect_stdout(printed):
+            exec(code, run.namespace)
     finally:
         os.chdir(cwd)
+    if block.expected_output is not None:
+        _check_output(block, printed.getvalue())
+
+
+def _normalized(text):
+    """Returns `text`'s lines without trailing spaces, leading and trailing blank lines dropped."""
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).strip("\n")
+
+
+def _check_output(block, printed):
+    """Raises an `AssertionError` showing both texts when `block` printed something else than its Output block."""
+    expected, got = _normalized(block.expected_output), _normalized(printed)
+    if expected != got:
+        raise AssertionError(
+            f"the block printed something else than its Output block says.\n"
+            f"--- Output block:\n{expected}\n--- printed:\n{got}"
+        )
 
 
 def _snippet_traceback(error, path):
@@ -307,3 +346,20 @@ def test_api_pages_hold_only_directives():
                 f"{page.relative_to(ROOT)}:{number}: API pages hold only `::: keras_bn.Name` "
                 f"directives and their options. Received: {line!r}"
             )
+
+
+def test_output_blocks_are_checked(tmp_path, monkeypatch):
+    """An Output block that says something else than the block prints fails; a stray one is refused."""
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text('```python\nprint("one")\n```\n\n```text title="Output"\ntwo\n```\n')
+    (block,) = parse_blocks(page)
+    assert block.expected_output == "two"
+    run = _PageRun(namespace={}, workdir=tmp_path)
+    with pytest.raises(AssertionError, match=r"(?s)Output block:\ntwo\n--- printed:\none"):
+        _run_block(block, run)
+    page.write_text('```python\nprint("one")\n```\n\n```text title="Output"\none  \n```\n')
+    _run_block(parse_blocks(page)[0], run)
+    page.write_text('Text.\n\n```text title="Output"\none\n```\n')
+    with pytest.raises(ValueError, match=r"page.md:3: an Output block must come right after"):
+        parse_blocks(page)
