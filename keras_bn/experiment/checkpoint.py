@@ -70,6 +70,7 @@ def _build_optimizer(model):
 def _save(path, model, state):
     """Writes `model.save_weights` (weights and optimizer variables) and `state` to `path`."""
     _build_optimizer(model)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         weights = os.path.join(scratch, "model.weights.h5")
         model.save_weights(weights)

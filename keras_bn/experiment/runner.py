@@ -132,8 +132,6 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
         runs = [Run(config, variant, seed, data, folder=folder, stop=stop, print_fn=log,
                     progress=None if quiet else stream)
                 for seed in config.seeds for variant in config.variants]
-        if folder is not None:
-            os.makedirs(os.path.join(folder, "checkpoints"), exist_ok=True)
         results = {variant: {} for variant in config.variants}
         for run in runs:
             seed = "" if len(config.seeds) == 1 else f", seed {run.seed}"
