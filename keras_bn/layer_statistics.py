@@ -10,6 +10,8 @@ chance).
 import keras
 import numpy as np
 
+from keras_bn.recalibrate import _no_grad, _saved_state
+
 __all__ = ["LayerStatistics"]
 
 
@@ -63,7 +65,11 @@ class LayerStatistics(keras.callbacks.Callback):
       layer of `inputs_of` the `percentiles` of what enters its nonlinearity,
       pooled over the probe's examples and the layer's units: the input of an
       `Activation` layer, or the output before the activation of a layer with
-      an `activation` argument (`Dense(..., activation="relu")`). Only these
+      an `activation` argument (`Dense(..., activation="relu")`). The pass is
+      in inference mode (batch norms use their moving statistics, which can
+      be stale early in training), or with `training=True` in training mode
+      (batch norms use the probe's own statistics, as in a training step).
+      Only these
       forward passes on the probe are added; the training data is never read
       a second time.
     - **Kernel gradient norms**: for each layer of `kernels_of`, the Euclidean
@@ -75,9 +81,9 @@ class LayerStatistics(keras.callbacks.Callback):
       itself is unchanged. (A difference of kernels before and after the step
       would not do: Adam's step is not proportional to the gradient.)
 
-    Recording does not change training: the probe passes run in inference
-    mode, which updates nothing, and the optimizer receives the same
-    gradients. The train function is rebuilt once at the start and at the end
+    Recording does not change training: after each probe pass every
+    non-trainable variable (moving statistics, random states) is put back as
+    it was, and the optimizer receives the same gradients. The train function is rebuilt once at the start and at the end
     of `fit`, to trace the optimizer with and then without the wrapper.
 
     `history` holds plain lists, ready for `json.dump`:
@@ -107,12 +113,14 @@ class LayerStatistics(keras.callbacks.Callback):
             to `50`.
         percentiles: The percentiles to record, numbers in [0, 100].
             Defaults to `(15, 50, 85)`.
+        training: Whether the probe pass runs in training mode (see above).
+            Defaults to `False`.
 
     Raises:
         ValueError: for an empty probe, a bad `every` or percentile, or a layer
             without a nonlinearity or a kernel (when the model is set).
         TypeError: for a layer list holding something else than layers or
-            names.
+            names, or a `training` that is not a bool.
 
     Example:
 
@@ -139,8 +147,13 @@ class LayerStatistics(keras.callbacks.Callback):
         Figure 1, [arXiv:1502.03167](https://arxiv.org/abs/1502.03167).
     """
 
-    def __init__(self, probe, *, inputs_of=None, kernels_of=None, every=50, percentiles=(15, 50, 85)):
+    def __init__(
+        self, probe, *, inputs_of=None, kernels_of=None, every=50, percentiles=(15, 50, 85), training=False
+    ):
         super().__init__()
+        if not isinstance(training, bool):
+            raise TypeError(f"`training` must be a bool. Received: training={training!r}")
+        self.training = training
         probe = keras.utils.unpack_x_y_sample_weight(probe)[0]
         if probe is None or len(keras.tree.flatten(probe)) == 0 or len(keras.tree.flatten(probe)[0]) == 0:
             raise ValueError("`probe` must hold at least one example. Received: an empty probe")
@@ -204,7 +217,10 @@ class LayerStatistics(keras.callbacks.Callback):
         if self._extractor is None:
             inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
             self._extractor = keras.Model(inputs, [layer.input for layer in self.input_layers])
-        outputs = self._extractor(self.probe, training=False)
+        with _no_grad(), _saved_state(model):
+            # In training mode the batch norms update their moving statistics
+            # (and dropout its random state): all of it is put back.
+            outputs = self._extractor(self.probe, training=self.training)
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
         results = []

@@ -7,8 +7,10 @@ each evaluation and puts the training's own averages back afterwards.
 """
 
 import contextlib
+import functools
 import itertools
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -21,6 +23,8 @@ _ESTIMATORS = ("population", "batch_mean")
 # What a training-mode call with momentum 0 leaves in these variables is the
 # batch's own statistics; everything else a layer keeps is put back.
 _RESET_VALUES = {"moving_mean": 0.0, "moving_variance": 1.0, "moving_stddev": 1.0}
+# JAX: the compiled training-mode step of each model, see _jax_batch_statistics.
+_JAX_STEPS = weakref.WeakKeyDictionary()
 
 
 def batch_norm_layers(model):
@@ -197,6 +201,60 @@ def _batch_statistics(model, layers, x):
     ]
 
 
+def _jax_batch_statistics(model, layers):
+    """Returns a jitted JAX version of `_batch_statistics(model, layers, x)`, a function of `x`.
+
+    Eager JAX runs a deep network op by op, orders of magnitude slower than
+    one compiled call. `stateless_call` returns the moving statistics the
+    training-mode pass would assign; they are read there, and every layer's
+    other state is passed in again unchanged, as in the eager path. The
+    momentum of 0 is traced into the function, which lives only as long as
+    the recalibration does. Random states (dropout) are carried from batch to
+    batch, as in training.
+    """
+    import jax
+
+    variables = model.non_trainable_variables
+    index = {id(v): i for i, v in enumerate(variables)}
+    fixed = {}
+    for layer, saved in layers:
+        by_name = _variables(layer)
+        for name, value in saved.items():
+            if name in _RESET_VALUES:
+                value = np.full_like(value, _RESET_VALUES[name])
+            fixed[index[id(by_name[name])]] = value
+    targets = [(index[id(layer.moving_mean)], index[id(layer.moving_variance)]) for layer, _ in layers]
+    trainable = [v.value for v in model.trainable_variables]
+    state = [fixed.get(i, v.value) for i, v in enumerate(variables)]
+
+    # One compiled step per model and set of layers, kept for later calls (the
+    # callback recalibrates at every evaluation): compiling a deep network
+    # costs seconds. It depends on the structure only; values come as arguments.
+    key = (tuple(targets), tuple(sorted(fixed)), len(variables), len(trainable))
+    cached = _JAX_STEPS.get(model)
+    if cached is not None and cached[0] == key:
+        step = cached[1]
+    else:
+        fixed_positions = frozenset(fixed)
+
+        @jax.jit
+        def step(trainable, state, x):
+            _, new = model.stateless_call(trainable, state, x, training=True)
+            statistics = [(new[i], new[j]) for i, j in targets]
+            return statistics, [
+                state[i] if i in fixed_positions else v for i, v in enumerate(new)
+            ]
+
+        _JAX_STEPS[model] = (key, step)
+
+    def run(x):
+        nonlocal state
+        statistics, state = step(trainable, state, x)
+        return [(np.asarray(m, np.float64), np.asarray(v, np.float64)) for m, v in statistics]
+
+    return run
+
+
 def _assign_estimate(layer, means, variances, squares, count, estimator):
     """Assigns the averaged statistics of `count` batches to `layer`'s moving statistics."""
     mean = means / count
@@ -352,9 +410,13 @@ def recalibrate_batch_norm(
             try:
                 for layer in layers:
                     layer.momentum = 0.0
+                if keras.backend.backend() == "jax":
+                    run = _jax_batch_statistics(model, saved)
+                else:
+                    run = functools.partial(_batch_statistics, model, saved)
                 # islice stops before drawing a batch too many from an iterator.
                 for x in itertools.islice(_batches(data, batch_size), steps):
-                    statistics = _batch_statistics(model, saved, x)
+                    statistics = run(x)
                     if totals is None:
                         totals = [[np.zeros_like(m)] * 3 for m, _ in statistics]
                     for total, (mean, variance) in zip(totals, statistics):

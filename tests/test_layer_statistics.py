@@ -47,19 +47,22 @@ def test_default_layers_and_json_history():
     assert all(len(v) == 2 for v in history["gradient_norms"].values())
 
 
-def test_percentiles_equal_numpy_on_the_probe():
+@pytest.mark.parametrize("training", [False, True])
+def test_percentiles_equal_numpy_on_the_probe(training):
     x, y = _data()
     probe = x[:24]
     model = _model()
-    stats = LayerStatistics((probe, y[:24]), every=2, percentiles=(15, 50, 85, 99))
+    stats = LayerStatistics((probe, y[:24]), every=2, percentiles=(15, 50, 85, 99), training=training)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[stats])
-    # The last record (step 4) was taken with the final weights, in inference mode.
+    # The last record (step 4) was taken with the final weights.
     d1, d2, bn = (model.get_layer(n) for n in ("d1", "d2", "bn"))
     pre1 = probe.astype(np.float64) @ _np(d1.kernel) + _np(d1.bias)
     h2 = np.maximum(pre1, 0.0) @ _np(d2.kernel) + _np(d2.bias)
-    pre_act = _np(bn.gamma) * (h2 - _np(bn.moving_mean)) / np.sqrt(_np(bn.moving_variance) + bn.epsilon) + _np(
-        bn.beta
-    )
+    if training:  # the probe's own batch statistics
+        mean, variance = h2.mean(axis=0), h2.var(axis=0)
+    else:
+        mean, variance = _np(bn.moving_mean), _np(bn.moving_variance)
+    pre_act = _np(bn.gamma) * (h2 - mean) / np.sqrt(variance + bn.epsilon) + _np(bn.beta)
     q = [15, 50, 85, 99]
     np.testing.assert_allclose(stats.history["inputs"]["d1"][-1], np.percentile(pre1, q), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats.history["inputs"]["act"][-1], np.percentile(pre_act, q), rtol=1e-5, atol=1e-5)
@@ -116,17 +119,18 @@ def test_gradient_norms_equal_an_explicit_autodiff_step():
         assert norm > 1e-3
 
 
-def _trained(with_callback):
+def _trained(with_callback, training=False):
     x, y = _data()
     model = _model()
-    callbacks = [LayerStatistics(x[:8], every=2)] if with_callback else []
+    callbacks = [LayerStatistics(x[:8], every=2, training=training)] if with_callback else []
     history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
     return model, history.history
 
 
-def test_recording_does_not_change_training():
+@pytest.mark.parametrize("training", [False, True])
+def test_recording_does_not_change_training(training):
     plain, plain_history = _trained(with_callback=False)
-    model, history = _trained(with_callback=True)
+    model, history = _trained(with_callback=True, training=training)
     np.testing.assert_array_equal(history["loss"], plain_history["loss"])
     for old, new in zip(plain.weights, model.weights):
         np.testing.assert_array_equal(_np(old), _np(new))
@@ -153,6 +157,7 @@ def test_chosen_layers():
         ({"every": 2.5}, ValueError, r"Received: every=2.5"),
         ({"percentiles": (15, 150)}, ValueError, r"numbers in \[0, 100\]. Received: percentiles=\(15, 150\)"),
         ({"percentiles": ("low",)}, TypeError, r"Received: percentiles=\('low',\)"),
+        ({"training": 1}, TypeError, r"`training` must be a bool. Received: training=1"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

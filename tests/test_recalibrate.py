@@ -389,3 +389,25 @@ def test_global_batch_statistics_under_mirrored_strategy():
     # Per-replica statistics of the first batch would be off by about 2.5 in the mean.
     assert result["gap"] < 1e-4
     assert np.isfinite(result["val_loss"])
+
+
+def test_images_statistics_over_batch_height_and_width():
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(40, 5, 5, 2)).astype("float32")
+    inputs = keras.Input((5, 5, 2))
+    first = keras.layers.BatchNormalization()
+    second = ManualBatchNorm(epsilon=1e-2)
+    model = keras.Model(inputs, second(keras.layers.Activation("relu")(first(inputs))))
+    _scramble(model)
+    recalibrate_batch_norm(model, x, batch_size=20, estimator="batch_mean")
+    means, variances = [], []
+    for batch in (x[:20].astype(np.float64), x[20:].astype(np.float64)):
+        mean, var = batch.mean(axis=(0, 1, 2)), batch.var(axis=(0, 1, 2))
+        h = np.maximum(_np(first.gamma) * (batch - mean) / np.sqrt(var + first.epsilon) + _np(first.beta), 0.0)
+        means.append((mean, h.mean(axis=(0, 1, 2))))
+        variances.append((var, h.var(axis=(0, 1, 2))))
+    for i, layer in enumerate((first, second)):
+        np.testing.assert_allclose(_np(layer.moving_mean), np.mean([m[i] for m in means], axis=0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            _np(layer.moving_variance), np.mean([v[i] for v in variances], axis=0), rtol=1e-5, atol=1e-5
+        )
