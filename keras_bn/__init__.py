@@ -1,10 +1,51 @@
 """keras-bn: batch normalization for Keras 3, by hand and tested to the last digit.
 
 `ManualBatchNorm` is the seed notebook's hand-written batch normalization as a
-drop-in Keras layer; beside it are its tools (folding, conversion, recalibration) and the notebook's reusable
-pieces (the deep MNIST network, its data split, batch order and logging cadence).
-The experiment harness (`run_experiment`, checkpoints, progress, the `keras-bn`
-command) lives in the `keras_bn.experiment` subpackage.
+drop-in Keras layer; beside it are its tools (folding, conversion, recalibration)
+and the notebook's reusable pieces (the deep MNIST network, its data split, batch
+order and logging cadence). The experiment harness (`run_experiment`, checkpoints,
+progress, the `keras-bn` command) lives in the `keras_bn.experiment` subpackage.
+
+The layer and its tools:
+
+- [`ManualBatchNorm`][keras_bn.ManualBatchNorm]: the batch normalization layer, a
+  drop-in for `keras.layers.BatchNormalization`, with ghost batches, renorm,
+  PyTorch's conventions and synchronized statistics on every backend.
+- [`fold_batch_norm`][keras_bn.fold_batch_norm]: folds each batch normalization of
+  a model into the layer before it, for inference; it returns a
+  [`FoldReport`][keras_bn.FoldReport] and leaves a
+  [`FoldedBatchNorm`][keras_bn.FoldedBatchNorm] where each one was.
+- [`convert_batch_norm`][keras_bn.convert_batch_norm]: replaces the
+  `keras.layers.BatchNormalization` layers of a model with `ManualBatchNorm`, weights
+  included.
+- [`recalibrate_batch_norm`][keras_bn.recalibrate_batch_norm]: recomputes the
+  moving statistics with the current weights on given batches (PreciseBN), and
+  [`RecalibrateBatchNorm`][keras_bn.RecalibrateBatchNorm], the callback that does it
+  before each evaluation during `fit`.
+- [`LayerStatistics`][keras_bn.LayerStatistics]: a callback that records input
+  percentiles and kernel gradient norms of chosen layers during training.
+
+The notebook's pieces:
+
+- [`deep_mnist_model`][keras_bn.deep_mnist_model] and
+  [`compile_like_notebook`][keras_bn.compile_like_notebook]: the notebook's 19-layer
+  network, with no batch normalization, Keras's or `ManualBatchNorm`, and its
+  optimizer and loss.
+- [`load_mnist`][keras_bn.load_mnist], [`MNIST`][keras_bn.MNIST] and
+  [`DataSplit`][keras_bn.DataSplit]: the real MNIST, split as the notebook split it;
+  [`read_idx`][keras_bn.read_idx] reads one IDX file; [`MNISTError`][keras_bn.MNISTError] and its
+  subclasses say what is missing or wrong.
+- [`BatchFeeder`][keras_bn.BatchFeeder]: the notebook's `next_batch`, a seeded,
+  resumable batch order.
+- [`NotebookLogger`][keras_bn.NotebookLogger]: a callback that logs as the notebook
+  did, every so many batches.
+
+The experiment harness, in `keras_bn.experiment`:
+
+- [`run_experiment`][keras_bn.experiment.run_experiment] and
+  [`RunConfig`][keras_bn.experiment.RunConfig]: rerun the notebook's comparison,
+  over several seeds, with checkpoints and progress; the `keras-bn` command
+  calls it.
 """
 
 __version__ = "0.1.0"

@@ -390,12 +390,12 @@ class ManualBatchNorm(keras.layers.Layer):
     array([ 1. , 10.9], dtype=float32)
 
     Reference:
-        [Ioffe and Szegedy, 2015. Batch Normalization: Accelerating Deep
-        Network Training by Reducing Internal Covariate
-        Shift](https://arxiv.org/abs/1502.03167).
-        [Ioffe, 2017. Batch Renormalization](https://arxiv.org/abs/1702.03275).
-        [Hoffer, Hubara and Soudry, 2017. Train longer, generalize
-        better](https://arxiv.org/abs/1705.08741) (ghost batches).
+        - [Ioffe and Szegedy, 2015. Batch Normalization: Accelerating Deep
+          Network Training by Reducing Internal Covariate
+          Shift](https://arxiv.org/abs/1502.03167).
+        - [Ioffe, 2017. Batch Renormalization](https://arxiv.org/abs/1702.03275).
+        - [Hoffer, Hubara and Soudry, 2017. Train longer, generalize
+          better](https://arxiv.org/abs/1705.08741) (ghost batches).
     """
 
     def __init__(
