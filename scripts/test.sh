@@ -41,6 +41,8 @@ done
 echo "== docs: mkdocs build --strict"
 SITE_DIR=$(mktemp -d)
 KERAS_BACKEND=tensorflow NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$SITE_DIR"
+echo "== docs: internal links and anchors of the built site"
+"$PY" scripts/check_links.py "$SITE_DIR"
 rm -rf "$SITE_DIR"
 
 echo "== packaging: sdist and wheel, installed and used outside the checkout"
