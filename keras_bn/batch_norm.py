@@ -604,13 +604,16 @@ class ManualBatchNorm(keras.layers.Layer):
         if batch is None and keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            # Only a traced graph has an unknown batch size: check when it runs.
-            tf.debugging.assert_equal(
+            # Only a traced graph has an unknown batch size: check when it runs,
+            # before the reshape (unordered, the reshape's own error could win).
+            check = tf.debugging.assert_equal(
                 tf.shape(x)[0] % v,
                 0,
                 message=f"The batch size must be a multiple of `virtual_batch_size` "
                 f"(virtual_batch_size={v}).",
             )
+            with tf.control_dependencies([check]):
+                x = tf.identity(x)
         return ops.reshape(x, (-1, v) + tuple(ops.shape(x)[1:]))
 
     def call(self, inputs, training=None, mask=None):
