@@ -339,8 +339,8 @@ def test_keras_save_and_load(option, tmp_path):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     test_inputs, _, _ = _data(option, rng, 10, model)
     np.testing.assert_array_equal(
-        loaded.predict(test_inputs, batch_size=4, verbose=0),
-        model.predict(test_inputs, batch_size=4, verbose=0),
+        loaded.predict(test_inputs, batch_size=10, verbose=0),
+        model.predict(test_inputs, batch_size=10, verbose=0),
     )
     # Training goes on from exactly the same state (the counter, the renorm averages).
     more, _, _ = _data(option, rng, option.batch, model)
