@@ -106,7 +106,8 @@ def test_non_finite_inputs_never_reach_the_moving_statistics(bad):
 # (boolean indexing, `np.var(ddof=...)`), a different route from the layer's weighted
 # sums, in float64.
 
-OPTION_SETTINGS = settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Small shapes: on JAX every new shape compiles each op again.
+OPTION_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPTION_TOL = 2e-5
 
 
@@ -161,7 +162,7 @@ def _reference_masked_step(x, keep, axis, state, *, momentum, epsilon, unbiased)
 def masked_cases(draw, *, unbiased):
     """Draws a shape, an axis, a mask (sometimes all False) in either of the two mask shapes."""
     rank = draw(st.integers(2, 4))
-    shape = (draw(st.integers(2, 5)),) + tuple(draw(st.lists(st.integers(1, 4), min_size=rank - 1, max_size=rank - 1)))
+    shape = (draw(st.integers(2, 4)),) + tuple(draw(st.lists(st.integers(1, 3), min_size=rank - 1, max_size=rank - 1)))
     axis = draw(st.integers(-rank, rank - 1))
     keep_fraction = draw(st.sampled_from([0.0, 0.2, 0.6, 1.0]))
     full_rank_mask = draw(st.booleans())
@@ -214,9 +215,9 @@ def test_unbiased_statistics_agree_with_numpy(case):
 def ghost_cases(draw):
     """Draws a ghost batch size, a number of groups, a shape, a channel axis other than 0 and a mask."""
     rank = draw(st.integers(2, 4))
-    virtual = draw(st.integers(1, 4))
+    virtual = draw(st.integers(1, 3))
     groups = draw(st.integers(1, 3))
-    shape = (virtual * groups,) + tuple(draw(st.lists(st.integers(1, 4), min_size=rank - 1, max_size=rank - 1)))
+    shape = (virtual * groups,) + tuple(draw(st.lists(st.integers(1, 3), min_size=rank - 1, max_size=rank - 1)))
     axis = draw(st.integers(1, rank - 1))
     keep_fraction = draw(st.sampled_from([None, 0.0, 0.3, 1.0]))
     # Whole groups left out, so that some groups count and others do not.
@@ -274,8 +275,8 @@ def test_ghost_batches_agree_with_numpy(case):
 def cumulative_cases(draw):
     """Draws several batch sizes of one feature shape, an axis, and maybe a batch to throw away."""
     rank = draw(st.integers(2, 4))
-    features = tuple(draw(st.lists(st.integers(1, 4), min_size=rank - 1, max_size=rank - 1)))
-    sizes = draw(st.lists(st.integers(2, 5), min_size=2, max_size=5))
+    features = tuple(draw(st.lists(st.integers(1, 3), min_size=rank - 1, max_size=rank - 1)))
+    sizes = draw(st.lists(st.sampled_from([2, 3, 4]), min_size=2, max_size=4))
     axis = draw(st.integers(1, rank - 1))
     unbiased = draw(st.booleans())
     bad_batch = draw(st.one_of(st.none(), st.integers(0, len(sizes) - 1)))
