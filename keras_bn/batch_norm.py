@@ -608,13 +608,16 @@ class ManualBatchNorm(keras.layers.Layer):
         if batch is None and keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            # Only a traced graph has an unknown batch size: check when it runs.
-            tf.debugging.assert_equal(
+            # Only a traced graph has an unknown batch size: check when it runs,
+            # before the reshape (unordered, the reshape's own error could win).
+            check = tf.debugging.assert_equal(
                 tf.shape(x)[0] % v,
                 0,
                 message=f"The batch size must be a multiple of `virtual_batch_size` "
                 f"(virtual_batch_size={v}).",
             )
+            with tf.control_dependencies([check]):
+                x = tf.identity(x)
         return ops.reshape(x, (-1, v) + tuple(ops.shape(x)[1:]))
 
     def call(self, inputs, training=None, mask=None):
@@ -709,6 +712,25 @@ class ManualBatchNorm(keras.layers.Layer):
                 f"in a training batch (n / (n - 1)). Received: {count} value(s) "
                 "per channel"
             )
+        if (
+            self.unbiased_variance
+            and keras.backend.backend() == "tensorflow"
+            and not isinstance(count, int)
+            and len(count.shape) == 0
+        ):
+            import tensorflow as tf
+
+            # A scalar tensor count is a batch size unknown when traced (the
+            # last batch of a compiled fit): refuse one value per channel when
+            # it runs, as every other backend and an eager call do.
+            check = tf.debugging.assert_greater_equal(
+                count,
+                tf.constant(2, count.dtype),
+                message="`unbiased_variance=True` needs at least 2 values per "
+                "channel in a training batch (n / (n - 1)).",
+            )
+            with tf.control_dependencies([check]):  # no update before the check
+                count = tf.identity(count)
         # The count is a Python int, a scalar int tensor (a batch size unknown
         # when traced) or a float tensor per channel (masks, replicas): one
         # float tensor shaped like the statistics serves every case.

@@ -7,7 +7,7 @@ followed by an inference step.
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import keras
@@ -98,3 +98,209 @@ def test_non_finite_inputs_never_reach_the_moving_statistics(bad):
     assert np.all(np.isfinite(to_numpy(layer.moving_variance)))
     np.testing.assert_array_equal(to_numpy(layer.moving_mean)[0], 0.0)  # unchanged
     np.testing.assert_allclose(to_numpy(layer.moving_mean)[1], 0.5)  # updated
+
+
+# -- masks, ghost batches, cumulative and unbiased statistics ----------------------------
+#
+# Each reference below works channel by channel on the values a channel really sees
+# (boolean indexing, `np.var(ddof=...)`), a different route from the layer's weighted
+# sums, in float64.
+
+# Small shapes: on JAX every new shape compiles each op again.
+OPTION_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+OPTION_TOL = 2e-5
+
+
+def _channels_first(array, axis):
+    """Returns `array` with the channel axis moved to the front and the rest flattened: (C, M)."""
+    array = np.moveaxis(array, axis, 0)
+    return array.reshape(array.shape[0], -1)
+
+
+def _from_channels_first(flat, axis, shape):
+    """Inverts `_channels_first` for an input of `shape`."""
+    moved = np.moveaxis(np.empty(shape), axis, 0).shape
+    return np.moveaxis(flat.reshape(moved), 0, axis)
+
+
+def _assign_state(layer, rng, channels):
+    """Gives the layer random weights; returns them in float64."""
+    state = {
+        "gamma": rng.uniform(0.5, 2, channels),
+        "beta": rng.normal(size=channels),
+        "moving_mean": rng.normal(size=channels),
+        "moving_variance": rng.uniform(0.5, 2, channels),
+    }
+    for name, value in state.items():
+        getattr(layer, name).assign(value.astype("float32"))
+        state[name] = value.astype("float32").astype("float64")
+    return state
+
+
+def _reference_masked_step(x, keep, axis, state, *, momentum, epsilon, unbiased):
+    """One training step on the values each channel keeps; updates `state` in place.
+
+    A channel with no kept value is normalized with the moving statistics, which
+    stay as they are; with `unbiased`, a channel needs 2 kept values for its
+    variance to move.
+    """
+    values, kept = _channels_first(x.astype("float64"), axis), _channels_first(keep, axis)
+    out = np.empty_like(values)
+    for c in range(values.shape[0]):
+        seen = values[c][kept[c]]
+        mean, var = (seen.mean(), seen.var()) if seen.size else (state["moving_mean"][c], state["moving_variance"][c])
+        out[c] = (values[c] - mean) / np.sqrt(var + epsilon) * state["gamma"][c] + state["beta"][c]
+        if seen.size >= 1:
+            state["moving_mean"][c] = momentum * state["moving_mean"][c] + (1 - momentum) * mean
+        if seen.size >= (2 if unbiased else 1):
+            batch_var = seen.var(ddof=1) if unbiased else var
+            state["moving_variance"][c] = momentum * state["moving_variance"][c] + (1 - momentum) * batch_var
+    return _from_channels_first(out, axis, x.shape)
+
+
+@st.composite
+def masked_cases(draw, *, unbiased):
+    """Draws a shape, an axis, a mask (sometimes all False) in either of the two mask shapes."""
+    rank = draw(st.integers(2, 4))
+    shape = (draw(st.integers(2, 4)),) + tuple(draw(st.lists(st.integers(1, 3), min_size=rank - 1, max_size=rank - 1)))
+    axis = draw(st.integers(-rank, rank - 1))
+    keep_fraction = draw(st.sampled_from([0.0, 0.2, 0.6, 1.0]))
+    full_rank_mask = draw(st.booleans())
+    use_mask = draw(st.booleans()) if unbiased else True
+    if unbiased and not use_mask:
+        # One value per channel is refused (tested elsewhere); a mask may leave one.
+        assume(np.prod(np.delete(shape, axis)) >= 2)
+    momentum = draw(st.floats(0.0, 0.99))
+    seed = draw(st.integers(0, 2**16))
+    return shape, axis, keep_fraction if use_mask else None, full_rank_mask, momentum, seed
+
+
+def _check_masked_step(case, unbiased):
+    """Runs one masked training step and an inference step against `_reference_masked_step`."""
+    shape, axis, keep_fraction, full_rank_mask, momentum, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(rng.uniform(-3, 3), rng.uniform(0.5, 3), size=shape).astype("float32")
+    layer = ManualBatchNorm(axis=axis, momentum=momentum, unbiased_variance=unbiased)
+    layer.build(shape)
+    state = _assign_state(layer, rng, shape[axis])
+    mask = None
+    keep = np.ones(shape, dtype=bool)
+    if keep_fraction is not None:
+        # A mask over every axis but the channel one (a Keras sequence mask for
+        # axis=-1), or the input's rank with size 1 along the channel axis.
+        mask = rng.random(np.delete(shape, axis)) < keep_fraction
+        keep = np.broadcast_to(np.expand_dims(mask, axis % len(shape)), shape)
+        if full_rank_mask:
+            mask = np.expand_dims(mask, axis % len(shape))
+    expected = _reference_masked_step(x, keep, axis, state, momentum=momentum, epsilon=1e-3, unbiased=unbiased)
+    y = to_numpy(layer(x, training=True, mask=mask))
+    np.testing.assert_allclose(y, expected, rtol=OPTION_TOL, atol=OPTION_TOL * (1 + np.abs(expected).max()))
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(to_numpy(getattr(layer, name)), state[name], rtol=OPTION_TOL, atol=OPTION_TOL)
+
+
+@OPTION_SETTINGS
+@given(masked_cases(unbiased=False))
+def test_masked_statistics_agree_with_numpy(case):
+    _check_masked_step(case, unbiased=False)
+
+
+@OPTION_SETTINGS
+@given(masked_cases(unbiased=True))
+def test_unbiased_statistics_agree_with_numpy(case):
+    _check_masked_step(case, unbiased=True)
+
+
+@st.composite
+def ghost_cases(draw):
+    """Draws a ghost batch size, a number of groups, a shape, a channel axis other than 0 and a mask."""
+    rank = draw(st.integers(2, 4))
+    virtual = draw(st.integers(1, 3))
+    groups = draw(st.integers(1, 3))
+    shape = (virtual * groups,) + tuple(draw(st.lists(st.integers(1, 3), min_size=rank - 1, max_size=rank - 1)))
+    axis = draw(st.integers(1, rank - 1))
+    keep_fraction = draw(st.sampled_from([None, 0.0, 0.3, 1.0]))
+    # Whole groups left out, so that some groups count and others do not.
+    dropped = draw(st.lists(st.booleans(), min_size=groups, max_size=groups))
+    momentum = draw(st.floats(0.0, 0.99))
+    seed = draw(st.integers(0, 2**16))
+    return shape, virtual, axis, keep_fraction, dropped, momentum, seed
+
+
+@OPTION_SETTINGS
+@given(ghost_cases())
+def test_ghost_batches_agree_with_numpy(case):
+    shape, virtual, axis, keep_fraction, dropped, momentum, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(rng.uniform(-3, 3), rng.uniform(0.5, 3), size=shape).astype("float32")
+    # Groups that differ, so one batch-wide statistic would not do.
+    x += np.repeat(rng.normal(0, 2, len(x) // virtual), virtual).reshape((-1,) + (1,) * (len(shape) - 1)).astype("float32")
+    layer = ManualBatchNorm(axis=axis, momentum=momentum, virtual_batch_size=virtual)
+    layer.build(shape)
+    state = _assign_state(layer, rng, shape[axis])
+    mask = None
+    keep = np.ones(shape, dtype=bool)
+    if keep_fraction is not None:
+        mask = rng.random(np.delete(shape, axis)) < keep_fraction
+        mask[np.repeat(dropped, virtual)] = False
+        keep = np.broadcast_to(np.expand_dims(mask, axis), shape)
+
+    # Each group alone, from the same starting state; the moving statistics then
+    # follow the mean of the statistics of the groups where a channel kept a value.
+    expected = np.empty(shape)
+    means, variances, counted = [], [], []
+    for k in range(len(x) // virtual):
+        part = slice(k * virtual, (k + 1) * virtual)
+        group_state = {name: value.copy() for name, value in state.items()}
+        expected[part] = _reference_masked_step(
+            x[part], keep[part], axis, group_state, momentum=0.0, epsilon=1e-3, unbiased=False
+        )
+        # With momentum 0 the group's moving statistics are its batch statistics.
+        means.append(group_state["moving_mean"])
+        variances.append(group_state["moving_variance"])
+        counted.append(_channels_first(keep[part], axis).any(axis=1))
+    counted = np.array(counted)
+    for name, stats in (("moving_mean", means), ("moving_variance", variances)):
+        usable = counted.any(axis=0)
+        group_mean = (np.array(stats) * counted).sum(axis=0) / np.maximum(counted.sum(axis=0), 1)
+        state[name] = np.where(usable, momentum * state[name] + (1 - momentum) * group_mean, state[name])
+
+    y = to_numpy(layer(x, training=True, mask=mask))
+    np.testing.assert_allclose(y, expected, rtol=OPTION_TOL, atol=OPTION_TOL * (1 + np.abs(expected).max()))
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(to_numpy(getattr(layer, name)), state[name], rtol=OPTION_TOL, atol=OPTION_TOL)
+
+
+@st.composite
+def cumulative_cases(draw):
+    """Draws several batch sizes of one feature shape, an axis, and maybe a batch to throw away."""
+    rank = draw(st.integers(2, 4))
+    features = tuple(draw(st.lists(st.integers(1, 3), min_size=rank - 1, max_size=rank - 1)))
+    sizes = draw(st.lists(st.sampled_from([2, 3, 4]), min_size=2, max_size=4))
+    axis = draw(st.integers(1, rank - 1))
+    unbiased = draw(st.booleans())
+    bad_batch = draw(st.one_of(st.none(), st.integers(0, len(sizes) - 1)))
+    seed = draw(st.integers(0, 2**16))
+    return features, sizes, axis, unbiased, bad_batch, seed
+
+
+@OPTION_SETTINGS
+@given(cumulative_cases())
+def test_cumulative_average_agrees_with_numpy(case):
+    """`momentum=None`: the moving statistics are the plain mean of the batch statistics."""
+    features, sizes, axis, unbiased, bad_batch, seed = case
+    rng = np.random.default_rng(seed)
+    layer = ManualBatchNorm(axis=axis, momentum=None, unbiased_variance=unbiased)
+    means, variances = [], []
+    for k, size in enumerate(sizes):
+        x = rng.normal(rng.uniform(-3, 3), rng.uniform(0.5, 3), size=(size,) + features).astype("float32")
+        if k == bad_batch:
+            x.flat[rng.integers(x.size)] = np.nan  # thrown away: not counted at all
+        else:
+            values = _channels_first(x.astype("float64"), axis)
+            means.append(values.mean(axis=1))
+            variances.append(values.var(axis=1, ddof=1 if unbiased else 0))
+        layer(x, training=True)
+    assert int(to_numpy(layer.num_batches_tracked)) == len(means)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), np.mean(means, axis=0), rtol=OPTION_TOL, atol=OPTION_TOL)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), np.mean(variances, axis=0), rtol=OPTION_TOL, atol=OPTION_TOL)
