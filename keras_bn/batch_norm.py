@@ -369,7 +369,10 @@ class ManualBatchNorm(keras.layers.Layer):
             an `axis` outside the input's rank or repeated, an unknown
             (`None`) size along `axis`, a batch that is not a multiple of
             `virtual_batch_size`, a single value per channel with
-            `unbiased_variance`, or a mask of the wrong shape.
+            `unbiased_variance`, or a mask of the wrong shape. In a
+            TensorFlow graph whose batch size is known only when it runs
+            (the last batch of a compiled `fit`), the batch-size checks raise
+            `tf.errors.InvalidArgumentError` with the same message instead.
         TypeError: an argument of the wrong type, e.g. `axis` that is not an
             int or a list of ints, or `center` that is not a bool.
 
