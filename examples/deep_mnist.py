@@ -6,11 +6,11 @@ Usage (the same options as the `keras-bn` command):
     python examples/deep_mnist.py --seeds 0,1,2,3,4 --out runs/seeds
 
 It prints each variant's notebook log and a summary table, and writes
-`OUT/results.json` and `OUT/curves.png`. MNIST is read from `--data-dir`, else
-from `$KERAS_BN_MNIST_DIR`, else downloaded by Keras. With `--seeds` every
-variant is trained once per seed and the table gives the spread. Each run keeps
-a checkpoint in `OUT/checkpoints/`; after Ctrl-C or a crash, the same command
-resumes where it stopped.
+`results.json`, `curves.png` and a checkpoint per run to `OUT/<run folder>`, a
+folder named by the settings (other flags, another folder). MNIST is read from
+`--data-dir`, else from `$KERAS_BN_MNIST_DIR`, else downloaded by Keras. With
+`--seeds` every variant is trained once per seed and the table gives the spread.
+After Ctrl-C or a crash, the same command resumes where it stopped.
 """
 
 import importlib.util
