@@ -48,18 +48,16 @@ def learning_rate(value, name="learning_rate"):
     return rate
 
 
-def _items(value):
-    """Returns the items of a comma-separated string or of a sequence, `None` for neither."""
+def _items(name, value, parse, rule):
+    """Returns `parse(item)` of each item of a comma-separated string or a sequence, distinct."""
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    try:
-        return list(value)
-    except TypeError:
-        return None
-
-
-def _distinct(name, value, items, rule):
-    """Returns `tuple(items)`, raising a `ValueError` when there is none or one repeats."""
+        value_items = [part.strip() for part in value.split(",") if part.strip()]
+    else:
+        try:
+            value_items = list(value)
+        except TypeError:
+            value_items = []
+    items = [parse(item) for item in value_items]
     if not items:
         raise ValueError(f"`{name}` must hold at least one {rule}. Received: {name}={value!r}")
     if len(set(items)) != len(items):
@@ -75,14 +73,15 @@ def names(name, value, allowed):
     >>> names("variants", "none, manual", ("none", "keras", "manual"))
     ('none', 'manual')
     """
-    items = _items(value)
-    for item in items or ():
+
+    def parse(item):
+        """One name, checked."""
         if item not in allowed:
-            raise ValueError(
-                f"`{name}` may only hold {', '.join(allowed)}. "
-                f"Received: {item!r} in {name}={value!r}"
-            )
-    return _distinct(name, value, items, "of " + ", ".join(allowed))
+            raise ValueError(f"`{name}` may only hold {', '.join(allowed)}. "
+                             f"Received: {item!r} in {name}={value!r}")
+        return item
+
+    return _items(name, value, parse, "of " + ", ".join(allowed))
 
 
 def seeds(name, value):
@@ -93,14 +92,13 @@ def seeds(name, value):
     >>> seeds("seeds", "0, 1,2"), seeds("seeds", 3), seeds("seeds", [4, 5])
     ((0, 1, 2), (3,), (4, 5))
     """
-    items = [value] if _is_int(value) else _items(value)
-    parsed = []
-    for item in items or ():
+
+    def parse(item):
+        """One seed, checked."""
         if isinstance(item, str) and item.lstrip("-").isdigit():
             item = int(item)
         if not _is_int(item) or item < 0:
-            raise ValueError(
-                f"`{name}` must be ints >= 0. Received: {item!r} in {name}={value!r}"
-            )
-        parsed.append(int(item))
-    return _distinct(name, value, parsed, "seed")
+            raise ValueError(f"`{name}` must be ints >= 0. Received: {item!r} in {name}={value!r}")
+        return int(item)
+
+    return _items(name, [value] if _is_int(value) else value, parse, "seed")

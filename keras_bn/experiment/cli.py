@@ -6,11 +6,9 @@ import shlex
 import sys
 
 from keras_bn import _checks
-from keras_bn.experiment.config import VARIANTS, RunConfig
+from keras_bn.experiment.config import CHECKS, VARIANTS, RunConfig
 
 __all__ = ["build_parser", "main"]
-
-_DEFAULTS = RunConfig.__dataclass_fields__
 
 
 def _argument(check, convert=int):
@@ -29,15 +27,13 @@ def _argument(check, convert=int):
     return parse
 
 
-def _option(parser, name, check, help, convert=int, **kwargs):
-    """Adds `--name` with the `RunConfig` default of `name`, parsed by `check(name, value)`."""
-    default = _DEFAULTS[name].default
-    parser.add_argument(
-        "--" + name.replace("_", "-"), default=default,
-        type=_argument(functools.partial(check, name), convert),
-        help=f"{help} (default: {default if not isinstance(default, tuple) else ','.join(map(str, default))})",
-        **kwargs,
-    )
+def _option(parser, name, help, convert=int, **kwargs):
+    """Adds `--name`, checked and defaulted as the `RunConfig` field `name` is."""
+    default = RunConfig.__dataclass_fields__[name].default
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    parser.add_argument("--" + name.replace("_", "-"), default=default,
+                        type=_argument(functools.partial(CHECKS[name], name), convert),
+                        help=f"{help} (default: {shown})", **kwargs)
 
 
 def build_parser():
@@ -46,36 +42,30 @@ def build_parser():
         "Reproduce the seed notebook: train a 19-conv-layer CNN on MNIST without batch "
         "normalization, with keras.layers.BatchNormalization and with keras_bn.ManualBatchNorm "
         "(same seed, same batches), print the notebook's log and a summary, and write "
-        "results.json and curves.png to a run folder under OUT named by the settings."
-    ))
-    positive = _checks.positive_int
-    _option(parser, "variants", functools.partial(_checks.names, allowed=VARIANTS),
-            f"comma-separated variants from {','.join(VARIANTS)}", str, metavar="LIST")
-    _option(parser, "batches", positive, "training batches per variant")
-    _option(parser, "batch_size", positive, "examples per batch")
-    _option(parser, "learning_rate", lambda name, value: _checks.learning_rate(value, name),
-            "Adam learning rate", float)
+        "results.json and curves.png to a run folder under OUT named by the settings."))
+    _option(parser, "variants", f"comma-separated variants from {','.join(VARIANTS)}", str,
+            metavar="LIST")
+    _option(parser, "batches", "training batches per variant")
+    _option(parser, "batch_size", "examples per batch")
+    _option(parser, "learning_rate", "Adam learning rate", float)
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=_argument(functools.partial(_checks.non_negative_int,
-                                                                  "seed")), default=None,
-                       help="seed of the weights and the batch order, the same for every "
-                       "variant (default: 0)")
-    _option(seeds, "seeds", _checks.seeds, "comma-separated seeds, e.g. 0,1,2,3,4: every "
-            "variant is trained once per seed and the summary gives the spread of the final "
-            "test accuracy", str, metavar="LIST")
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help=(
-        "folder with the MNIST IDX files or mnist.npz (default: $KERAS_BN_MNIST_DIR, then the "
-        "Keras download)"))
+                                                                  "seed")),
+                       help="seed of the weights and the batch order (default: 0)")
+    _option(seeds, "seeds", "comma-separated seeds, e.g. 0,1,2,3,4: every variant is trained "
+            "once per seed and the summary gives the spread of the test accuracy", str,
+            metavar="LIST")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX files or "
+                        "mnist.npz (default: $KERAS_BN_MNIST_DIR, then the Keras download)")
     parser.add_argument("--out", default="runs/deep_mnist", metavar="DIR", help=(
         "folder under which each configuration gets its own run folder (results.json, "
-        "curves.png, checkpoints); the same command again resumes where it stopped "
-        "(default: runs/deep_mnist)"))
-    for name, help in [("checkpoint_every", "save a checkpoint every N batches"),
-                       ("validate_every", "log the validation loss and accuracy every N batches"),
-                       ("check_every", "log the loss and accuracy of the batch just trained "
-                        "every N batches")]:
-        _option(parser, name, positive, help, metavar="N")
-    parser.add_argument("--distribute", choices=("mirrored",), default=None, help=(
+        "curves.png, checkpoints); the same command again resumes it (default: %(default)s)"))
+    _option(parser, "checkpoint_every", "save a checkpoint every N batches", metavar="N")
+    _option(parser, "validate_every", "log the validation loss and accuracy every N batches",
+            metavar="N")
+    _option(parser, "check_every", "log the loss and accuracy of the batch just trained every "
+            "N batches", metavar="N")
+    parser.add_argument("--distribute", choices=("mirrored",), help=(
         "mirrored: train with tf.distribute.MirroredStrategy over every GPU (else every CPU "
         "device) and synchronized batch normalization; TensorFlow backend only"))
     parser.add_argument("--quiet", action="store_true",
@@ -95,19 +85,18 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
+    settings = vars(parser.parse_args(argv))
     from keras_bn.datasets import MNISTError
     from keras_bn.experiment import (CheckpointError, CheckpointMismatchError, ExperimentError,
                                      TrainingInterrupted, run_experiment)
     from keras_bn.experiment.interrupt import signal_name
 
-    options = {key: args.pop(key) for key in ("data_dir", "out", "quiet")}
-    seed = args.pop("seed")
-    if seed is not None:
-        args["seeds"] = (seed,)
+    options = {key: settings.pop(key) for key in ("data_dir", "out", "quiet")}
+    if settings["seed"] is not None:
+        settings["seeds"] = None  # `--seed N` is `seeds=(N,)`.
     try:
         run_experiment(data_dir=options["data_dir"], out_dir=options["out"],
-                       quiet=options["quiet"], **args)
+                       quiet=options["quiet"], **settings)
     except (ExperimentError, CheckpointMismatchError) as error:
         parser.error(str(error))
     except (MNISTError, CheckpointError) as error:

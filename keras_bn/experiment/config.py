@@ -49,7 +49,8 @@ def _distribute(name, value):
     return value
 
 
-_CHECKS = {
+#: The check of each `RunConfig` field: `check(name, value)` returns the value to keep.
+CHECKS = {
     "variants": functools.partial(_checks.names, allowed=VARIANTS),
     "seeds": _checks.seeds,
     "batches": _checks.positive_int,
@@ -126,7 +127,7 @@ class RunConfig:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = _CHECKS[field.name](field.name, getattr(self, field.name))
+            value = CHECKS[field.name](field.name, getattr(self, field.name))
             object.__setattr__(self, field.name, value)
         if self.distribute == "mirrored" and self.backend != "tensorflow":
             raise ExperimentError(
