@@ -131,7 +131,7 @@ def test_a_run_config_is_frozen_and_checked_once():
         ({"num_samples": -1}, r"`num_samples` must be an int >= 0"),
         ({"kernel_initializer": "nope"}, r"`kernel_initializer` must be \"notebook\" or"),
         ({"progress": 42}, r"`progress` must be a bool or a writable text stream"),
-        ({"distribute": "ring"}, r"`distribute` must be None or 'mirrored'"),
+        ({"distribute": "ring"}, r"`distribute` must be None, 'mirrored' or 'multiworker'"),
         ({"no_such_setting": 1}, r"unexpected keyword argument 'no_such_setting'"),
     ],
 )

@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from keras_bn import _checks
-from keras_bn.experiment.config import CHECKS, VARIANTS, RunConfig
+from keras_bn.experiment.config import CHECKS, DISTRIBUTE, VARIANTS, RunConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -65,9 +65,12 @@ def build_parser():
             metavar="N")
     _option(parser, "check_every", "log the loss and accuracy of the batch just trained every "
             "N batches", metavar="N")
-    parser.add_argument("--distribute", choices=("mirrored",), help=(
+    parser.add_argument("--distribute", choices=tuple(DISTRIBUTE), help=(
         "mirrored: train with tf.distribute.MirroredStrategy over every GPU (else every CPU "
-        "device) and synchronized batch normalization; TensorFlow backend only"))
+        "device) and synchronized batch normalization; multiworker: the same with "
+        "tf.distribute.MultiWorkerMirroredStrategy over the worker processes listed in "
+        "TF_CONFIG, each on its share of every batch, only the chief writing to OUT, no "
+        "checkpoints; TensorFlow backend only"))
     parser.add_argument("--quiet", action="store_true",
                         help="print only the summary: no log, no progress bar")
     return parser
@@ -78,8 +81,8 @@ def main(argv=None):
 
     Bad arguments make argparse print the usage and the reason to stderr and
     exit with status 2; so do an `--out` folder that cannot be written, a
-    checkpoint there of other data, and `--distribute mirrored` off
-    TensorFlow. A missing or corrupt MNIST folder or checkpoint exits with
+    checkpoint there of other data, `--distribute` off TensorFlow, and
+    `--distribute multiworker` without a valid `TF_CONFIG`. A missing or corrupt MNIST folder or checkpoint exits with
     status 1. SIGINT (Ctrl-C) and SIGTERM stop after the current batch, save a
     checkpoint, print how to resume, and exit with status 130 and 143.
     """

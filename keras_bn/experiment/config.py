@@ -42,10 +42,15 @@ def _initializer(name, value):
     return value
 
 
+#: The values of `RunConfig.distribute` besides `None`, and the strategy each trains with.
+DISTRIBUTE = {"mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy"}
+
+
 def _distribute(name, value):
-    """Returns `value` if it is `None` or `"mirrored"`, else raises a `ValueError`."""
-    if value is not None and value != "mirrored":
-        raise ValueError(f"`{name}` must be None or 'mirrored'. Received: {name}={value!r}")
+    """Returns `value` if it is `None` or in `DISTRIBUTE`, else raises a `ValueError`."""
+    if value is not None and value not in DISTRIBUTE:
+        raise ValueError(f"`{name}` must be None, 'mirrored' or 'multiworker'. "
+                         f"Received: {name}={value!r}")
     return value
 
 
@@ -96,12 +101,16 @@ class RunConfig:
         checkpoint_every: Batches between two checkpoints. Defaults to `100`.
         distribute: `None`, or `"mirrored"` for `tf.distribute.MirroredStrategy`
             over every GPU (else every CPU device) with synchronized batch
-            normalization; TensorFlow only. Defaults to `None`.
+            normalization; or `"multiworker"` for
+            `tf.distribute.MultiWorkerMirroredStrategy` over the processes that
+            `TF_CONFIG` lists (one per host or per worker), each training on
+            its share of every global batch, with no checkpoints; TensorFlow
+            only. Defaults to `None`.
         backend: The Keras backend. Defaults to the current one.
 
     Raises:
         ValueError: naming the first setting that is invalid.
-        ExperimentError: for `distribute="mirrored"` off TensorFlow.
+        ExperimentError: for `distribute` off TensorFlow.
 
     Example:
 
@@ -129,9 +138,10 @@ class RunConfig:
         for field in dataclasses.fields(self):
             value = CHECKS[field.name](field.name, getattr(self, field.name))
             object.__setattr__(self, field.name, value)
-        if self.distribute == "mirrored" and self.backend != "tensorflow":
+        if self.distribute is not None and self.backend != "tensorflow":
             raise ExperimentError(
-                "`distribute='mirrored'` trains with tf.distribute.MirroredStrategy, which "
+                f"`distribute={self.distribute!r}` trains with "
+                f"tf.distribute.{DISTRIBUTE[self.distribute]}, which "
                 f"needs the TensorFlow backend. Received: backend {self.backend!r}; set "
                 "KERAS_BACKEND=tensorflow"
             )

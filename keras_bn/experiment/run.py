@@ -89,8 +89,8 @@ class Run:
 
     def build(self):
         """Returns the compiled model of this variant and seed (under its strategy, if any)."""
+        strategy = distribute.strategy(self.config.distribute)  # First: it may start TensorFlow.
         keras.utils.set_random_seed(self.seed)
-        strategy = distribute.strategy(self.config.distribute)
         with distribute.strategy_scope(strategy):
             model = deep_mnist_model(
                 bn=distribute.norm_layer(self.variant, strategy),

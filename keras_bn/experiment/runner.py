@@ -6,8 +6,9 @@ import sys
 import keras
 
 from keras_bn import _checks
+from keras_bn.experiment import distribute
 from keras_bn.experiment.config import DESCRIPTIONS, ExperimentError, RunConfig
-from keras_bn.experiment.interrupt import StopOnSignal
+from keras_bn.experiment.interrupt import STOP_SIGNALS, StopOnSignal
 from keras_bn.experiment.results import format_summary, seed_statistics, write_results
 from keras_bn.experiment.run import Run, prepare_data
 
@@ -111,8 +112,9 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
 
     Raises:
         ValueError: if a setting is invalid.
-        ExperimentError: if `out_dir` cannot be written, or
-            `distribute="mirrored"` off TensorFlow.
+        ExperimentError: if `out_dir` cannot be written, `distribute` is set
+            off TensorFlow, or `distribute="multiworker"` has no valid
+            `TF_CONFIG` or a `batch_size` its replicas cannot share equally.
         keras_bn.experiment.CheckpointMismatchError: if the run folder holds a
             checkpoint of one of these runs written with other data.
         keras_bn.experiment.CheckpointError: if such a checkpoint is corrupt.
@@ -121,15 +123,23 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
     """
     config = make_config(config, **settings)
     stream = _progress_stream(progress)
-    folder = None if out_dir is None else run_folder(out_dir, config)
+    # Under "multiworker" every worker trains the same runs; only the chief writes files, and
+    # none keeps checkpoints: a worker resuming alone would wait forever for the others.
+    chief = distribute.is_chief(config.distribute)  # Makes the strategy before any other op.
+    multiworker = config.distribute == "multiworker"
+    if multiworker:
+        distribute.check_batch_size(distribute.strategy(config.distribute), config.batch_size)
+    folder = None if out_dir is None or not chief else run_folder(out_dir, config)
     if data is None:
         from keras_bn.datasets import load_mnist
 
         data = load_mnist(data_dir)
     data = prepare_data(data)
     log = (lambda *args, **kwargs: None) if quiet else print_fn
-    with StopOnSignal() as stop:
-        runs = [Run(config, variant, seed, data, folder=folder, stop=stop, print_fn=log,
+    # A worker that stopped alone would leave the others waiting: signals keep their default.
+    with StopOnSignal(signals=() if multiworker else STOP_SIGNALS) as stop:
+        runs = [Run(config, variant, seed, data, folder=None if multiworker else folder,
+                    stop=stop, print_fn=log,
                     progress=None if quiet else stream)
                 for seed in config.seeds for variant in config.variants]
         results = {variant: {} for variant in config.variants}
@@ -142,6 +152,7 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
                "data": data.fingerprint, "runs": results, "statistics": seed_statistics(results)}
     print_fn(format_summary(results))
     if folder is not None:
+        os.makedirs(folder, exist_ok=True)  # Not made by a checkpoint under "multiworker".
         paths = write_results(results, folder)
         print_fn(f"Wrote {paths[0]} and {paths[1]}")
     return results

@@ -17,6 +17,50 @@ def _use_fast_loop(model):
     return not tf.distribute.has_strategy() and strategy in (None, tf.distribute.get_strategy())
 
 
+def _multi_worker_strategy(model):
+    """Returns `model`'s `MultiWorkerMirroredStrategy`, or `None` when it has none."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else None
+
+
+def _replica_steps(model, feeder, strategy):
+    """Returns `step(j)`: Keras's `train_step` on each replica's share of global batch `j`.
+
+    Every worker reads the same global batch; replica `r` of `n` takes its
+    `r`-th `1/n` (`model.fit` cannot run under `MultiWorkerMirroredStrategy`
+    in Keras 3, keras-team/keras#20585). Inside `strategy.run` the loss is
+    divided by `n` and the optimizer sums the gradients over the replicas.
+    """
+    import tensorflow as tf
+
+    images, labels = tf.constant(feeder.images), tf.constant(feeder.labels)
+    share = feeder.batch_size // strategy.num_replicas_in_sync
+
+    @tf.function(reduce_retracing=True)
+    def train_step(indices):
+        """Keras's own training step of every replica on its indices of the training set."""
+
+        def replica_step(indices):
+            return model.train_step((tf.gather(images, indices), tf.gather(labels, indices)))
+
+        logs = strategy.run(replica_step, args=(indices,))
+        return strategy.experimental_local_results(logs)[0]
+
+    def step(j):
+        """Trains on global batch `j`, each replica on its share."""
+        indices = np.asarray(feeder.indices(feeder.start + j), "int32")
+        shares = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(indices[share * context.replica_id_in_sync_group:][:share])
+        )
+        return train_step(shares)
+
+    return step
+
+
 def fit_batches(model, feeder, callbacks=()):
     """Trains `model` once over every batch of `feeder`, in order: `model.fit`, step for step.
 
@@ -31,8 +75,10 @@ def fit_batches(model, feeder, callbacks=()):
     On TensorFlow (outside a `tf.distribute` strategy) the training set goes to
     TensorFlow once and each step gathers its batch by index inside one
     compiled function (compiled with the model's `jit_compile`, as `fit`
-    does), without `fit`'s per-step data copies. Elsewhere it calls
-    `model.fit`.
+    does), without `fit`'s per-step data copies. Under
+    `MultiWorkerMirroredStrategy` every worker reads the same global batches
+    and each replica trains on its equal share, in `strategy.run`. Elsewhere
+    it calls `model.fit`.
 
     Args:
         model: A compiled Keras model.
@@ -43,17 +89,25 @@ def fit_batches(model, feeder, callbacks=()):
         The logs of the last step (the compiled loss and metrics), as floats.
     """
     callbacks = list(callbacks)
-    if not _use_fast_loop(model):
+    strategy = _multi_worker_strategy(model)
+    if strategy is not None:
+        step = _replica_steps(model, feeder, strategy)
+    elif not _use_fast_loop(model):
         history = model.fit(feeder, epochs=1, shuffle=False, callbacks=callbacks, verbose=0)
         return {key: values[-1] for key, values in history.history.items()}
-    import tensorflow as tf
+    else:
+        import tensorflow as tf
 
-    images, labels = tf.constant(feeder.images), tf.constant(feeder.labels)
+        images, labels = tf.constant(feeder.images), tf.constant(feeder.labels)
 
-    @tf.function(reduce_retracing=True, jit_compile=model.jit_compile)
-    def train_step(indices):
-        """Keras's own training step on batch `indices` of the training set."""
-        return model.train_step((tf.gather(images, indices), tf.gather(labels, indices)))
+        @tf.function(reduce_retracing=True, jit_compile=model.jit_compile)
+        def train_step(indices):
+            """Keras's own training step on batch `indices` of the training set."""
+            return model.train_step((tf.gather(images, indices), tf.gather(labels, indices)))
+
+        def step(j):
+            """Trains on batch `j`."""
+            return train_step(tf.constant(np.asarray(feeder.indices(feeder.start + j), "int32")))
 
     callback_list = keras.callbacks.CallbackList(
         callbacks, model=model, epochs=1, steps=len(feeder), verbose=0
@@ -64,7 +118,7 @@ def fit_batches(model, feeder, callbacks=()):
     callback_list.on_epoch_begin(0)
     for j in range(len(feeder)):
         callback_list.on_train_batch_begin(j)
-        logs = train_step(tf.constant(np.asarray(feeder.indices(feeder.start + j), "int32")))
+        logs = step(j)
         callback_list.on_train_batch_end(j, logs)
         if model.stop_training:
             break
