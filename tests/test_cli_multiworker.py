@@ -37,8 +37,10 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="MultiWorkerMirroredStrategy needs the TensorFlow backend")
 
 
-def _launch(argv, folder, world_size=2):
+def _launch(argv, folder, world_size=2, expected=0):
     """Runs `keras-bn argv` as `world_size` workers on 127.0.0.1; returns their logs.
+
+    Every worker must exit with status `expected`.
 
     Every worker gets its own `TF_CONFIG`; both are killed if either fails or
     the time runs out.
@@ -56,7 +58,7 @@ def _launch(argv, folder, world_size=2):
                 stdout=logs[-1], stderr=subprocess.STDOUT, cwd=folder))
         deadline = time.monotonic() + TIMEOUT
         while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in processes):
+            if expected == 0 and any(p.poll() not in (None, 0) for p in processes):
                 break  # The other worker would wait for it forever.
             time.sleep(0.2)
         codes = [p.poll() for p in processes]
@@ -64,7 +66,7 @@ def _launch(argv, folder, world_size=2):
         for log in logs:
             log.seek(0)
             texts.append(log.read())
-        assert codes == [0] * world_size, f"exit codes {codes}:\n" + "\n".join(
+        assert codes == [expected] * world_size, f"exit codes {codes}:\n" + "\n".join(
             f"--- worker {rank}:\n{text[-3000:]}" for rank, text in enumerate(texts))
         return texts
     finally:
@@ -111,6 +113,15 @@ def test_two_workers_match_one_process_on_the_global_batches(tmp_path):
                               ("final_test_accuracy", 40), ("accuracy_on_100_samples", 40)):
             # At most one image scored the other way (a near tie of two logits).
             assert abs(run[key] - reference[key]) <= 1.001 / examples, (variant, key)
+
+
+def test_a_batch_the_workers_cannot_share_equally_exits_2(tmp_path):
+    logs = _launch(["--distribute", "multiworker", "--batch-size", "7", "--batches", "1",
+                    "--data-dir", str(write_fake_mnist_npz(tmp_path)), "--quiet"],
+                   tmp_path, expected=2)
+    for log in logs:  # Both refuse before training: neither waits for the other.
+        assert "keras-bn: error: `batch_size` must be a multiple of the 2 replicas that " \
+               "share each global batch. Received: batch_size=7" in log
 
 
 def _tf_config_error(value):
