@@ -115,6 +115,9 @@ class LayerStatistics(keras.callbacks.Callback):
             Defaults to `(15, 50, 85)`.
         training: Whether the probe pass runs in training mode (see above).
             Defaults to `False`.
+        start: Batches trained before this `fit` (a resumed run): steps count
+            on from it, so a resumed run records at the same steps. Defaults
+            to `0`.
 
     Raises:
         ValueError: for an empty probe, a bad `every` or percentile, or a layer
@@ -148,7 +151,8 @@ class LayerStatistics(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, probe, *, inputs_of=None, kernels_of=None, every=50, percentiles=(15, 50, 85), training=False
+        self, probe, *, inputs_of=None, kernels_of=None, every=50, percentiles=(15, 50, 85), training=False,
+        start=0
     ):
         super().__init__()
         if not isinstance(training, bool):
@@ -175,7 +179,9 @@ class LayerStatistics(keras.callbacks.Callback):
         self._inputs_of = inputs_of
         self._kernels_of = kernels_of
         self.history = {"step": [], "percentiles": list(self.percentiles), "inputs": {}, "gradient_norms": {}}
-        self._step = 0
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise ValueError(f"`start` must be an int >= 0. Received: start={start!r}")
+        self._step = int(start)
         self._last_norms = None
         self._optimizer = None
 

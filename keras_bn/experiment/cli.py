@@ -71,6 +71,14 @@ def build_parser():
         "tf.distribute.MultiWorkerMirroredStrategy over the worker processes listed in "
         "TF_CONFIG, each on its share of every batch, only the chief writing to OUT, no "
         "checkpoints; TensorFlow backend only"))
+    _option(parser, "recalibrate", "also score every validation, and the final validation and "
+            "test, with batch-norm statistics recomputed from the run's first N training "
+            "batches (training is unchanged; variants without batch norm get no second "
+            "score)", metavar="N")
+    parser.add_argument("--plot-activations", action="store_true", help=(
+        "record a middle layer's pre-activation percentiles and every kernel's gradient norm "
+        "during training (training is unchanged) and draw them to activations.png and "
+        "gradients.png"))
     parser.add_argument("--quiet", action="store_true",
                         help="print only the summary: no log, no progress bar")
     return parser

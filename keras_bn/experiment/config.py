@@ -54,6 +54,13 @@ def _distribute(name, value):
     return value
 
 
+def _flag(name, value):
+    """Returns `value` if it is a bool, else raises a `ValueError` naming it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return value
+
+
 #: The check of each `RunConfig` field: `check(name, value)` returns the value to keep.
 CHECKS = {
     "variants": functools.partial(_checks.names, allowed=VARIANTS),
@@ -67,6 +74,8 @@ CHECKS = {
     "num_samples": _checks.non_negative_int,
     "checkpoint_every": _checks.positive_int,
     "distribute": _distribute,
+    "recalibrate": functools.partial(_checks.positive_int, allow_none=True),
+    "plot_activations": _flag,
     "backend": lambda name, value: str(value),
 }
 
@@ -106,6 +115,15 @@ class RunConfig:
             `TF_CONFIG` lists (one per host or per worker), each training on
             its share of every global batch, with no checkpoints; TensorFlow
             only. Defaults to `None`.
+        recalibrate: Also score every validation (and the final validation
+            and test) with batch-norm statistics recomputed from this many
+            training batches (`keras_bn.RecalibrateBatchNorm`), or `None` for
+            no second score. Training is the same either way. Defaults to
+            `None`.
+        plot_activations: Record `keras_bn.LayerStatistics` during training
+            (a middle layer's pre-activation percentiles, every kernel's
+            gradient norm) for `activations.png` and `gradients.png`; training
+            is the same either way. Defaults to `False`.
         backend: The Keras backend. Defaults to the current one.
 
     Raises:
@@ -132,6 +150,8 @@ class RunConfig:
     num_samples: int = 100
     checkpoint_every: int = 100
     distribute: str = None
+    recalibrate: int = None
+    plot_activations: bool = False
     backend: str = dataclasses.field(default_factory=lambda: keras.backend.backend())
 
     def __post_init__(self):

@@ -12,6 +12,7 @@ import numpy as np
 from keras_bn.experiment import distribute
 from keras_bn.experiment.checkpoint import RunCheckpoint
 from keras_bn.experiment.interrupt import StopOnSignal
+from keras_bn.experiment.probes import RecalibratedScores, merge_statistics, probe_statistics
 from keras_bn.experiment.progress import RunProgress
 from keras_bn.experiment.training import fit_batches
 from keras_bn.feeder import BatchFeeder
@@ -85,7 +86,8 @@ class Run:
         saved = self.checkpoint.saved or {}
         self._earlier = saved.get("seconds", {"fit": 0.0, "eval": 0.0})
         self._history = list(saved.get("history", []))
-        self.logger, self._started = None, None
+        self._earlier_statistics = saved.get("layer_statistics")
+        self.logger, self.statistics, self._started = None, None, None
 
     def build(self):
         """Returns the compiled model of this variant and seed (under its strategy, if any)."""
@@ -123,6 +125,14 @@ class Run:
             print_fn=self.print_fn,
         )
         callbacks = [self.logger]
+        if config.recalibrate is not None:
+            callbacks.append(RecalibratedScores(
+                self.logger, self.data.train, batch_size=config.batch_size, seed=self.seed,
+                steps=config.recalibrate))
+        if config.plot_activations:
+            self.statistics = probe_statistics(config, self.variant, self.logger,
+                                               self.data.validation, start)
+            callbacks.append(self.statistics)
         if self.progress is not None:
             callbacks.append(RunProgress(config.batches, label=self.label, stream=self.progress,
                                          done=start, logger=self.logger))
@@ -150,8 +160,15 @@ class Run:
 
     def _state(self, done, result=None):
         """Returns the JSON state a checkpoint saves after `done` batches (`result` once finished)."""
-        return {"batches_done": done, "history": self._log(), "seconds": self._seconds(),
-                "finished": result is not None, "result": result}
+        state = {"batches_done": done, "history": self._log(), "seconds": self._seconds(),
+                 "finished": result is not None, "result": result}
+        if self.config.plot_activations:
+            state["layer_statistics"] = self._statistics()
+        return state
+
+    def _statistics(self):
+        """Returns the `LayerStatistics` history so far, over every session of the run."""
+        return merge_statistics(self._earlier_statistics, self.statistics.history)
 
     def result(self):
         """Returns the run's final accuracies, times and log (`results.json`'s run entry).
@@ -159,9 +176,19 @@ class Run:
         The keys are `final_validation_accuracy`, `final_test_accuracy`,
         `accuracy_on_100_samples`, `train_seconds` (the time in training minus
         the logger's evaluations), `eval_seconds`, `fit_seconds` (both) and
-        `history`; the times add up over the sessions of a resumed run.
+        `history`; the times add up over the sessions of a resumed run. With
+        `recalibrate`, also `final_recalibrated_validation_accuracy` and
+        `final_recalibrated_test_accuracy` (`None` without batch norm); with
+        `plot_activations`, `layer_statistics` (`LayerStatistics.history`).
         """
-        seconds = self._seconds()
-        return {**self.logger.summary(), "train_seconds": seconds["fit"] - seconds["eval"],
-                "eval_seconds": seconds["eval"], "fit_seconds": seconds["fit"],
-                "history": self._log()}
+        seconds, log = self._seconds(), self._log()
+        result = {**self.logger.summary(), "train_seconds": seconds["fit"] - seconds["eval"],
+                  "eval_seconds": seconds["eval"], "fit_seconds": seconds["fit"],
+                  "history": log}
+        if self.config.recalibrate is not None:
+            for event in ("final_recalibrated_validation", "final_recalibrated_test"):
+                scores = [entry["accuracy"] for entry in log if entry["event"] == event]
+                result[event + "_accuracy"] = scores[-1] if scores else None
+        if self.config.plot_activations:
+            result["layer_statistics"] = self._statistics()
+        return result

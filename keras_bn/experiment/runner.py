@@ -154,5 +154,5 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
     if folder is not None:
         os.makedirs(folder, exist_ok=True)  # Not made by a checkpoint under "multiworker".
         paths = write_results(results, folder)
-        print_fn(f"Wrote {paths[0]} and {paths[1]}")
+        print_fn(f"Wrote {', '.join(paths[:-1])} and {paths[-1]}")
     return results
