@@ -73,9 +73,13 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
     For each seed, and each variant in order, a `Run` sets the seed, builds
     `deep_mnist_model(bn=variant)`, compiles it like the notebook and trains
     it on a `BatchFeeder` with that seed's batch order while `NotebookLogger`
-    prints the notebook's log. Then the summary table is printed (with several
-    seeds: the mean, standard deviation, min and max of each variant's final
-    test accuracy).
+    prints the notebook's log. It trains with `fit_batches`: on TensorFlow
+    each step is Keras's own `train_step` in a `tf.function` that gathers its
+    batch by index (under `distribute="multiworker"`, run on each replica's
+    share with `strategy.run`); on JAX and PyTorch, and under
+    `distribute="mirrored"`, it is `model.fit`. Then the summary table is
+    printed (with several seeds: the mean, standard deviation, min and max of
+    each variant's final test accuracy).
 
     With `out_dir`, everything goes to the run folder `out_dir/<config.name>`
     (named by the settings, so other settings get another folder):
