@@ -8,15 +8,14 @@ float32 and mixed precision. Synchronized statistics are checked with real
 replicas in tests/test_multiprocess.py and tests/test_distributed.py.
 """
 
+import keras
 import numpy as np
 import pytest
-
-import keras
+from helpers import input_and_weight_grads
 from keras import ops
+
 from keras_bn import _gradient
 from keras_bn.batch_norm import ManualBatchNorm
-
-from helpers import input_and_weight_grads
 
 
 class _PlainFormula(keras.layers.Layer):

@@ -6,10 +6,10 @@ channels-first model only on JAX and PyTorch; the structure and weights are chec
 everywhere.
 """
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from keras_bn import ManualBatchNorm, deep_mnist_model
 
 BACKEND = keras.backend.backend()
