@@ -5,6 +5,8 @@ import functools
 import keras
 from keras import ops
 
+from keras_bn import _gradient
+
 __all__ = ["ManualBatchNorm"]
 
 
@@ -663,14 +665,18 @@ class ManualBatchNorm(keras.layers.Layer):
             beta = None if beta is None else ops.reshape(beta, shape)
         all_reduce = _replica_sum() if self.synchronized else None
 
-        mean, variance, count, centered = _moments(x, axes, weights, all_reduce)
+        # With the closed-form backward (keras_bn/_gradient.py) the statistics
+        # record no gradient: the normalize step's own gradient accounts for them.
+        hand_written = _gradient.hand_written()
+        statistics_input = ops.stop_gradient(x) if hand_written else x
+        mean, variance, count, centered = _moments(statistics_input, axes, weights, all_reduce)
         if weights is not None:
             # A channel with no unmasked position has no batch statistics: use
             # the moving ones, which also leaves them unchanged below.
             seen = count > 0
             mean = ops.where(seen, mean, per_channel(self.moving_mean, shape))
             variance = ops.where(seen, variance, per_channel(self.moving_variance, shape))
-            centered = x - mean
+            centered = statistics_input - mean
 
         if self.renorm:
             r, d = self._renorm_correction(mean, variance, shape)
@@ -678,7 +684,13 @@ class ManualBatchNorm(keras.layers.Layer):
             offset = d if gamma is None else d * gamma
             beta = offset if beta is None else offset + beta
             gamma = r if gamma is None else r * gamma
-        outputs = _normalize(centered, variance, gamma, beta, self.epsilon)
+        if hand_written:
+            outputs = _gradient.normalize(
+                x, centered, variance, gamma, beta, self.epsilon,
+                axes=axes, count=count, weights=weights, all_reduce=all_reduce,
+            )
+        else:
+            outputs = _normalize(centered, variance, gamma, beta, self.epsilon)
         if self.virtual_batch_size is not None:
             outputs = ops.reshape(outputs, original_shape)
         self._update_statistics(mean, variance, count)

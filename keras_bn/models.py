@@ -40,6 +40,32 @@ def _resolve_bn(bn):
     )
 
 
+def _default_data_format(tag):
+    """Returns the layout the backend trains this network fastest in (measured, see docs/benchmarks.md).
+
+    PyTorch's CPU convolutions take NCHW: Keras's torch backend permutes every
+    channels-last input to NCHW and back around each convolution, copies that
+    channels-first layers skip. TensorFlow stays channels-last (its CPU Conv2D
+    refuses channels-first without AVX-512), JAX too (XLA picks its own layout).
+    A custom `bn` callable keeps channels-last: it is called without an axis.
+    """
+    if tag != "custom" and keras.backend.backend() == "torch":
+        return "channels_first"
+    return "channels_last"
+
+
+def _check_data_format(data_format, tag):
+    """Returns `data_format` resolved and validated, raising a `ValueError` naming it."""
+    if data_format is None:
+        return _default_data_format(tag)
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(
+            '`data_format` must be "channels_last", "channels_first" or None (the '
+            f"backend's faster one). Received: data_format={data_format!r}"
+        )
+    return data_format
+
+
 def _layer_seed(seed, index):
     """Returns a distinct per-layer seed derived from `seed`, or `None` when `seed` is `None`."""
     return None if seed is None else int(seed) * 1000 + index
@@ -80,6 +106,7 @@ def _check_initializer(kernel_initializer):
 def deep_mnist_model(
     bn=None,
     *,
+    data_format=None,
     kernel_initializer="glorot_uniform",
     seed=None,
     name=None,
@@ -114,6 +141,17 @@ def deep_mnist_model(
             `keras.layers.Layer`, e.g. `keras.layers.LayerNormalization` or
             `functools.partial(keras.layers.BatchNormalization, momentum=0.9)`.
             Defaults to `None`.
+        data_format: The layout the convolutions run in, `"channels_last"`
+            or `"channels_first"`; the input stays `(28, 28, 1)` images
+            either way (a `Permute` layer named `"to_channels_first"` turns
+            them around inside the model), the normalization layers take
+            `axis=1` after channels-first convolutions, and the weights and
+            the numbers computed are the same. With a `bn` callable,
+            channels-first calls it as `bn(name=..., axis=1)`. Defaults to
+            `None`: `"channels_first"` on the PyTorch backend, whose
+            convolutions are NCHW (a `bn` callable excepted), and
+            `"channels_last"` elsewhere (TensorFlow's CPU convolutions
+            refuse channels-first without AVX-512).
         kernel_initializer: Initializer of the convolution kernels: anything
             `keras.initializers.get` accepts, or `"notebook"` for the
             notebook's low-level version, truncated normal with stddev 0.05
@@ -136,8 +174,8 @@ def deep_mnist_model(
         loss, optimizer and metric.
 
     Raises:
-        ValueError: if `bn` or `kernel_initializer` is not one of the accepted
-            values, or `seed` is not an integer.
+        ValueError: if `bn`, `data_format` or `kernel_initializer` is not one
+            of the accepted values, or `seed` is not an integer.
         TypeError: if a `bn` callable returns something that is not a Keras
             layer.
 
@@ -150,6 +188,8 @@ def deep_mnist_model(
     19
     """
     tag, norm_factory = _resolve_bn(bn)
+    data_format = _check_data_format(data_format, tag)
+    channels_first = data_format == "channels_first"
     _check_initializer(kernel_initializer)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
@@ -157,7 +197,10 @@ def deep_mnist_model(
 
     def norm(layer_name):
         """Builds one normalization layer through the factory and checks what came back."""
-        layer = norm_factory(name=layer_name)
+        if channels_first and layer_name != "bn_dense":
+            layer = norm_factory(name=layer_name, axis=1)
+        else:
+            layer = norm_factory(name=layer_name)
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "A `bn` callable must return a `keras.layers.Layer`. "
@@ -182,6 +225,8 @@ def deep_mnist_model(
 
     inputs = keras.Input(shape=(28, 28, 1), name="images")
     x = inputs
+    if channels_first:
+        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
     for depth in range(1, NUM_CONV_LAYERS + 1):
         x = keras.layers.Conv2D(
             filters=4 * depth,
@@ -191,11 +236,13 @@ def deep_mnist_model(
             use_bias=not normalized,
             activation=None if normalized else "relu",
             kernel_initializer=conv_init(depth),
+            data_format=data_format,
             name=f"conv{depth}",
         )(x)
         if normalized:
             x = norm(f"bn{depth}")(x)
             x = keras.layers.Activation("relu", name=f"relu{depth}")(x)
+    # The last map is 1x1, so flattening gives the same 76 features in either layout.
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(
         100,
