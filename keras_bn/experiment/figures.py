@@ -9,6 +9,7 @@ import numpy as np
 
 from keras_bn.experiment.checkpoint import atomic_write
 from keras_bn.experiment.config import DESCRIPTIONS
+from keras_bn.experiment.probes import MIDDLE_DEPTH
 
 __all__ = ["plot_activations", "plot_gradients"]
 
@@ -16,7 +17,7 @@ __all__ = ["plot_activations", "plot_gradients"]
 GRADIENT_LINES = 8
 
 
-def _figure(results, title, width=4.0):
+def _figure(results, title, width=4.6, sharey=False):
     """Returns a Matplotlib figure with one panel per variant, and the first seed's runs."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,11 +32,12 @@ def _figure(results, title, width=4.0):
             raise ValueError(f"The runs hold no layer statistics (run with plot_activations="
                              f"True). Received: run {name}, seed {seed} without them")
         runs[name] = (seed, run["layer_statistics"])
-    fig = Figure(figsize=(width * len(runs), 3.6), layout="constrained")
+    fig = Figure(figsize=(width * len(runs), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(runs), squeeze=False)[0])
-    config = results["config"]
-    fig.suptitle(f"{title} — batch size {config['batch_size']}, lr {config['learning_rate']}")
+    axes = fig.subplots(1, len(runs), squeeze=False, sharey=sharey)[0]
+    config, seed = results["config"], next(iter(runs.values()))[0]
+    fig.suptitle(f"{title}\nseed {seed}, batch size {config['batch_size']}, "
+                 f"learning rate {config['learning_rate']}")
     return fig, axes, runs
 
 
@@ -63,16 +65,17 @@ def plot_activations(results, path):
         ValueError: if the runs hold no layer statistics.
         ImportError: if Matplotlib is not installed.
     """
-    fig, axes, runs = _figure(results, "Input of a middle layer's ReLU on a fixed batch "
-                              "(Ioffe & Szegedy, Figure 1(b, c))")
-    for ax, (name, (seed, stats)) in zip(axes, runs.items()):
+    fig, axes, runs = _figure(results, "What enters the ReLU of conv layer "
+                              f"{MIDDLE_DEPTH} on a fixed batch, over training "
+                              "(Ioffe & Szegedy's Figure 1(b, c))")
+    for ax, (name, (_, stats)) in zip(axes, runs.items()):
         ((layer, values),) = stats["inputs"].items()
         values = np.asarray(values, dtype=np.float64).reshape(len(stats["step"]), -1)
         for column, q in enumerate(stats["percentiles"]):
             ax.plot(stats["step"], values[:, column], label=f"{q:g}th percentile",
                     color="black", linewidth=1.5 if q == 50 else 1.0,
-                    linestyle="-" if q == 50 else "--")
-        ax.set(title=f"{name} ({DESCRIPTIONS[name]}), seed {seed}", xlabel="training batch",
+                    linestyle="-" if q == 50 else ":" if q < 50 else "--")
+        ax.set(title=f"{name} ({DESCRIPTIONS[name]})", xlabel="training batch",
                ylabel=f"input of the ReLU after {layer.replace('relu', 'bn')}" if name != "none"
                else f"pre-activation of {layer}")
         ax.grid(True, alpha=0.3)
@@ -102,9 +105,9 @@ def plot_gradients(results, path):
     import matplotlib
 
     fig, axes, runs = _figure(results, "Gradient norm of each layer's kernel, first layer to "
-                              "logits, over training")
+                              f"logits, at {GRADIENT_LINES} points of training", sharey=True)
     colormap = matplotlib.colormaps["viridis_r"]
-    for ax, (name, (seed, stats)) in zip(axes, runs.items()):
+    for ax, (name, (_, stats)) in zip(axes, runs.items()):
         names = list(stats["gradient_norms"])
         norms = np.array([stats["gradient_norms"][layer] for layer in names], dtype=np.float64)
         steps = stats["step"]
@@ -117,9 +120,10 @@ def plot_gradients(results, path):
                     color=colormap(0.15 + 0.85 * k / max(1, len(chosen) - 1)),
                     label=f"batch {steps[index]}")
         ax.set_yscale("log")
-        ax.set(title=f"{name} ({DESCRIPTIONS[name]}), seed {seed}",
+        ax.set(title=f"{name} ({DESCRIPTIONS[name]})",
                xlabel=f"layer depth (1 = {names[0]}, {len(names)} = {names[-1]})",
                ylabel="kernel gradient norm")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="x-small", ncols=2)
+        ax.tick_params(labelleft=True)
     return _save(fig, path)
