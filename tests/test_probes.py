@@ -204,3 +204,11 @@ def test_the_flags_name_their_own_run_folder():
     names = {RunConfig().name, RunConfig(recalibrate=100).name,
              RunConfig(recalibrate=50).name, RunConfig(plot_activations=True).name}
     assert len(names) == 4
+
+
+@pytest.mark.parametrize("start", [-1, 1.5, True])
+def test_layer_statistics_refuses_a_bad_start(start):
+    from keras_bn import LayerStatistics
+
+    with pytest.raises(ValueError, match=rf"`start` must be an int >= 0. Received: start={start}"):
+        LayerStatistics(np.zeros((2, 4), "float32"), start=start)
