@@ -73,8 +73,11 @@ def test_converted_model_predicts_and_trains_the_same():
     grads = input_and_weight_grads(original, x, upstream)
     converted_grads = input_and_weight_grads(converted, x, upstream)
     assert len(grads) == len(converted_grads)
+    # Absolute tolerance on the scale of all gradients: a conv bias before a batch
+    # norm has a gradient of exactly 0, so both sides hold only round-off there.
+    scale = 1 + max(np.abs(g).max() for g in grads)
     for ours, ref in zip(converted_grads, grads):
-        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * (1 + np.abs(ref).max()))
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(
         to_numpy(converted(x, training=True)), to_numpy(original(x, training=True)), rtol=1e-4, atol=1e-4
     )
