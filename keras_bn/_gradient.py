@@ -29,7 +29,7 @@ from keras import ops
 
 #: Per backend, whether `ManualBatchNorm` uses the closed-form backward by default.
 #: Measured side by side on the notebook's network (benchmarks/bench.py).
-DEFAULT = {"tensorflow": True, "jax": False, "torch": False}
+DEFAULT = {"tensorflow": False, "jax": False, "torch": True}
 
 _override = []
 
@@ -68,7 +68,25 @@ def _sum_to(values, shape):
     return ops.reshape(values, shape)
 
 
-def normalize(x, centered, variance, gamma, beta, epsilon, *, axes, count, weights=None, all_reduce=None):
+def _backward_is_recorded():
+    """Returns whether the backward pass may itself be differentiated.
+
+    PyTorch says so: grad mode is on in a backward pass only under
+    `create_graph=True`. TensorFlow and JAX do not tell a custom gradient
+    whether an outer tape or transformation watches it, so there the answer
+    is always yes.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.is_grad_enabled()
+    return True
+
+
+def normalize(
+    x, centered, variance, gamma, beta, epsilon, *, axes, count, weights=None, all_reduce=None,
+    recompute=None,
+):
     """Returns `gamma * centered / sqrt(variance + epsilon) + beta` with the closed-form gradient.
 
     Args:
@@ -88,6 +106,11 @@ def normalize(x, centered, variance, gamma, beta, epsilon, *, axes, count, weigh
         weights: 0/1 weights broadcastable to `x` (a mask), or `None`.
         all_reduce: A function summing a tensor over the replicas when the
             statistics are synchronized, or `None`.
+        recompute: A function of `x` returning `(variance, centered)` with
+            recorded gradients, or `None`. When the backward pass may itself
+            be differentiated (a gradient penalty, a Hessian-vector product),
+            it runs on these instead of the gradient-free statistics, so the
+            second derivatives see how the statistics depend on `x`.
 
     Returns:
         The normalized tensor, shaped like `x`.
@@ -113,6 +136,14 @@ def normalize(x, centered, variance, gamma, beta, epsilon, *, axes, count, weigh
             # TensorFlow and JAX call `backward(upstream)`; Keras's torch
             # backend calls `backward(*inputs, upstream=upstream)`.
             dy = args[0] if upstream is None else upstream
+            centered_, inv_, factor_ = centered, inv, factor
+            if recompute is not None and _backward_is_recorded():
+                variance_, centered_ = recompute(x)
+                inv_ = ops.rsqrt(variance_ + epsilon)
+                factor_ = inv_ if gamma_ is None else inv_ * gamma_
+            return _backward(dy, centered_, inv_, factor_, gamma_, beta_)
+
+        def _backward(dy, centered, inv, factor, gamma_, beta_):
             sum_dy = ops.sum(dy, axis=axes, keepdims=True)
             # sum(dy * x_hat), with x_hat = centered * inv formed per channel.
             sum_dy_xhat = ops.sum(dy * centered, axis=axes, keepdims=True) * inv

@@ -633,6 +633,11 @@ class ManualBatchNorm(keras.layers.Layer):
         # float32 on the JAX and PyTorch backends).
         dtype = "float64" if keras.backend.standardize_dtype(inputs.dtype) == "float64" else "float32"
         x = ops.cast(inputs, dtype)
+        training = bool(training and self.trainable)
+        if keras.backend.backend() == "torch":
+            outputs = self._call_torch(x, training, mask)
+            if outputs is not None:
+                return ops.cast(outputs, self.compute_dtype)
 
         def per_channel(value, shape=self._broadcast_shape):
             value = ops.cast(value, dtype)
@@ -643,7 +648,7 @@ class ManualBatchNorm(keras.layers.Layer):
         gamma = per_channel(self.gamma) if self.scale else None
         beta = per_channel(self.beta) if self.center else None
 
-        if not (training and self.trainable):
+        if not training:
             centered = x - per_channel(self.moving_mean)
             outputs = _normalize(
                 centered, per_channel(self.moving_variance), gamma, beta, self.epsilon
@@ -667,16 +672,19 @@ class ManualBatchNorm(keras.layers.Layer):
 
         # With the closed-form backward (keras_bn/_gradient.py) the statistics
         # record no gradient: the normalize step's own gradient accounts for them.
+        def statistics(source):
+            mean, variance, count, centered = _moments(source, axes, weights, all_reduce)
+            if weights is not None:
+                # A channel with no unmasked position has no batch statistics:
+                # use the moving ones, which also leaves them unchanged below.
+                seen = count > 0
+                mean = ops.where(seen, mean, per_channel(self.moving_mean, shape))
+                variance = ops.where(seen, variance, per_channel(self.moving_variance, shape))
+                centered = source - mean
+            return mean, variance, count, centered
+
         hand_written = _gradient.hand_written()
-        statistics_input = ops.stop_gradient(x) if hand_written else x
-        mean, variance, count, centered = _moments(statistics_input, axes, weights, all_reduce)
-        if weights is not None:
-            # A channel with no unmasked position has no batch statistics: use
-            # the moving ones, which also leaves them unchanged below.
-            seen = count > 0
-            mean = ops.where(seen, mean, per_channel(self.moving_mean, shape))
-            variance = ops.where(seen, variance, per_channel(self.moving_variance, shape))
-            centered = statistics_input - mean
+        mean, variance, count, centered = statistics(ops.stop_gradient(x) if hand_written else x)
 
         if self.renorm:
             r, d = self._renorm_correction(mean, variance, shape)
@@ -688,6 +696,7 @@ class ManualBatchNorm(keras.layers.Layer):
             outputs = _gradient.normalize(
                 x, centered, variance, gamma, beta, self.epsilon,
                 axes=axes, count=count, weights=weights, all_reduce=all_reduce,
+                recompute=lambda source: statistics(source)[1::2],
             )
         else:
             outputs = _normalize(centered, variance, gamma, beta, self.epsilon)
@@ -695,6 +704,23 @@ class ManualBatchNorm(keras.layers.Layer):
             outputs = ops.reshape(outputs, original_shape)
         self._update_statistics(mean, variance, count)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _call_torch(self, x, training, mask):
+        """Returns the outputs from `_torch_path` when the call is a case it covers, else `None`."""
+        from keras_bn import _torch_path
+
+        if not training:
+            return _torch_path.inference(self, x)
+        if not _gradient.hand_written():
+            return None  # autodiff of the general code
+        all_reduce = _replica_sum() if self.synchronized else None
+        if not _torch_path.applies(self, mask, all_reduce):
+            return None
+        count = _count_along(x, self._reduction_axes)
+        if count == 0:
+            return None  # torch.var_mean warns on an empty batch
+        self._check_count(count)
+        return _torch_path.training(self, x, count)
 
     def _renorm_correction(self, mean, variance, shape):
         """Returns Batch Renormalization's `(r, d)`, clipped, without gradient."""
@@ -713,6 +739,15 @@ class ManualBatchNorm(keras.layers.Layer):
             d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
         return ops.stop_gradient(r), ops.stop_gradient(d)
 
+    def _check_count(self, count):
+        """Refuses a batch too small for the unbiased variance, when its size is static."""
+        if self.unbiased_variance and isinstance(count, int) and count < 2:
+            raise ValueError(
+                "`unbiased_variance=True` needs at least 2 values per channel "
+                f"in a training batch (n / (n - 1)). Received: {count} value(s) "
+                "per channel"
+            )
+
     def _update_statistics(self, mean, variance, count):
         """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s).
 
@@ -721,12 +756,7 @@ class ManualBatchNorm(keras.layers.Layer):
         variance from at least one counted value (two, for the unbiased
         variance); the others keep their moving statistics exactly.
         """
-        if self.unbiased_variance and isinstance(count, int) and count < 2:
-            raise ValueError(
-                "`unbiased_variance=True` needs at least 2 values per channel "
-                f"in a training batch (n / (n - 1)). Received: {count} value(s) "
-                "per channel"
-            )
+        self._check_count(count)
         if (
             self.unbiased_variance
             and keras.backend.backend() == "tensorflow"

@@ -57,6 +57,57 @@ def input_and_weight_grads(layer, x, upstream):
     return [np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
 
 
+def gradient_penalty_grads(layer, x, upstream, direction):
+    """Returns the gradients of `sum(g * direction)`, `g` the input gradient of `sum(layer(x) * upstream)`.
+
+    A second derivative, as a gradient penalty or a Hessian-vector product
+    takes it: the gradient with respect to `x` and to the layer's first
+    trainable weight, each backend differentiating its own gradient.
+    """
+    backend = keras.backend.backend()
+    upstream = np.asarray(upstream, dtype="float32")
+    direction = np.asarray(direction, dtype="float32")
+    weight = layer.trainable_variables[0]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as outer:
+            outer.watch(xt)
+            with tf.GradientTape() as inner:
+                inner.watch(xt)
+                loss = tf.reduce_sum(layer(xt, training=True) * upstream)
+            penalty = tf.reduce_sum(inner.gradient(loss, xt) * direction)
+        grads = outer.gradient(penalty, [xt, weight.value])
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        trainable = [v.value for v in layer.trainable_variables]
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def loss_fn(x, trainable):
+            out, _ = layer.stateless_call(trainable, frozen, x, training=True)
+            return jnp.sum(out * upstream)
+
+        def penalty_fn(x, trainable):
+            return jnp.sum(jax.grad(loss_fn)(x, trainable) * direction)
+
+        gx, gw = jax.grad(penalty_fn, argnums=(0, 1))(jnp.asarray(x), trainable)
+        grads = [gx, gw[0]]
+    elif backend == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        loss = (layer(xt, training=True) * torch.as_tensor(upstream)).sum()
+        (g,) = torch.autograd.grad(loss, xt, create_graph=True)
+        penalty = (g * torch.as_tensor(direction)).sum()
+        grads = torch.autograd.grad(penalty, [xt, weight.value])
+    else:  # pragma: no cover - the suite runs on the three backends above.
+        raise NotImplementedError(backend)
+    return [np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
+
+
 def numpy_batch_norm(x, axes, state, *, momentum, epsilon, training, mask=None):
     """Batch normalization in float64 NumPy, written from the paper.
 

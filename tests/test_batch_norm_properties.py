@@ -100,6 +100,18 @@ def test_non_finite_inputs_never_reach_the_moving_statistics(bad):
     np.testing.assert_allclose(to_numpy(layer.moving_mean)[1], 0.5)  # updated
 
 
+def test_a_variance_that_overflows_leaves_its_channel_alone():
+    # Channel 0's mean is a finite 0, but its squares overflow float32: the
+    # variance is Inf, so neither of its moving statistics may move.
+    layer = ManualBatchNorm(momentum=0.5)
+    x = np.ones((4, 2), "float32")
+    x[:, 0] = [3e20, -3e20, 3e20, -3e20]
+    x[:, 1] = [1.0, 2.0, 3.0, 4.0]
+    layer(x, training=True)
+    np.testing.assert_array_equal(to_numpy(layer.moving_mean), [0.0, 1.25])
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), [1.0, 1.125])
+
+
 # -- masks, ghost batches, cumulative and unbiased statistics ----------------------------
 #
 # Each reference below works channel by channel on the values a channel really sees

@@ -11,7 +11,7 @@ replicas in tests/test_multiprocess.py and tests/test_distributed.py.
 import keras
 import numpy as np
 import pytest
-from helpers import input_and_weight_grads
+from helpers import gradient_penalty_grads, input_and_weight_grads
 from keras import ops
 
 from keras_bn import _gradient
@@ -150,6 +150,41 @@ def test_hand_written_matches_autodiff_for_every_option(options):
     _assert_close(
         _grads(layers[0], x, dy, hand_written=True), _grads(layers[1], x, dy, hand_written=False)
     )
+
+
+@pytest.mark.parametrize(
+    "options, masked",
+    [
+        pytest.param({}, False, id="plain"),
+        pytest.param({"axis": 1}, False, id="channels-first"),
+        pytest.param({"virtual_batch_size": 4}, False, id="ghost"),
+        pytest.param({"renorm": True}, False, id="renorm"),
+        pytest.param({"center": False}, False, id="no-beta"),
+        pytest.param({}, True, id="masked"),
+    ],
+)
+def test_second_derivatives_match_autodiff(options, masked):
+    """A gradient penalty differentiates the backward pass: the closed form must stay exact.
+
+    Its saved statistics carry no gradient, so the backward recomputes them from
+    `x` when it is differentiated; without that, TensorFlow returned no
+    gradient for `x` and JAX a zero one.
+    """
+    shape = (8, 3, 3, 2)
+    x, upstream, _, _ = _data(shape, seed=6)
+    direction = np.random.default_rng(7).normal(size=shape).astype("float32")
+    mask = np.random.default_rng(8).random(shape[:-1]) > 0.3 if masked else None
+    results = []
+    for hand_written in (True, False):
+        layer = ManualBatchNorm(**options)
+        layer.build(shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, layer.gamma.shape[0]).astype("float32"))
+        if mask is not None:
+            layer = _WithMask(layer, mask)
+        with _gradient.use_hand_written(hand_written):
+            results.append(gradient_penalty_grads(layer, x, upstream, direction))
+    _assert_close(*results)
+    assert np.abs(results[1][0]).max() > 0.1  # the reference is not trivially zero
 
 
 def test_hand_written_matches_autodiff_in_mixed_precision():
