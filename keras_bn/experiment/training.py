@@ -99,6 +99,10 @@ def fit_batches(model, feeder, callbacks=()):
         import tensorflow as tf
 
         images, labels = tf.constant(feeder.images), tf.constant(feeder.labels)
+        if not model.optimizer.built:
+            # As `fit` does: a first trace that creates the optimizer's slots
+            # makes TensorFlow trace the whole step a second time (~7 s here).
+            model.optimizer.build(model.trainable_variables)
 
         @tf.function(reduce_retracing=True, jit_compile=model.jit_compile)
         def train_step(indices):
