@@ -108,3 +108,22 @@ def test_stop_training_ends_the_loop():
     fit_batches(model, _feeder(7), [recorder])
     assert recorder.events == ["begin", 0, 1, 2, "end"]
     assert int(to_numpy(model.optimizer.iterations)) == 3
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the compiled loop is TensorFlow's")
+def test_the_compiled_step_is_traced_once(policy):
+    # A first trace that creates Adam's slots makes TensorFlow trace the step a
+    # second time (about 7 s for the notebook's network); fit builds the
+    # optimizer before tracing, and so does fit_batches.
+    model = _model()
+    traces = []
+    train_step = model.train_step
+
+    def counting(data):
+        traces.append(1)  # Python runs only while TensorFlow traces
+        return train_step(data)
+
+    model.train_step = counting
+    fit_batches(model, _feeder(3))
+    assert len(traces) == 1
+    assert int(to_numpy(model.optimizer.iterations)) == 3
