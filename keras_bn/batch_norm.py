@@ -718,7 +718,7 @@ class ManualBatchNorm(keras.layers.Layer):
             return None
         count = _count_along(x, self._reduction_axes)
         if count == 0:
-            return None  # torch.var_mean warns on an empty batch
+            return None  # an empty batch: the general code leaves every statistic alone
         self._check_count(count)
         return _torch_path.training(self, x, count)
 
