@@ -1,24 +1,53 @@
-"""Rebuild a Sequential or Functional model with some layers replaced, through public Keras APIs.
+"""The graph walker that folding, conversion, freezing, recalibration and `LayerStatistics` share.
 
-`fold_batch_norm` and `convert_batch_norm` both work on a model's serialized
-form (`keras.saving.serialize_keras_object`): they rewrite the entries of some
-layers, deserialize a new model, and copy the weights across by layer path.
-Nested Sequential and Functional models are walked into, so a layer inside a
-sub-model is reached as `"outer_name/inner_name"`.
+A Keras model is rebuilt with `keras.models.clone_model`, whose `clone_function`
+is called on every operation of a Functional graph (layers and plain operations
+such as the `x + 3` of a hard-swish) and whose `call_function` sees every call
+with its tensors. On top of it this module:
+
+- recurses into nested Sequential and Functional models, Functional subclasses
+  included (keras-hub backbones and tasks), naming each layer by its path,
+  `"outer/inner"`;
+- keeps a layer that is called at several places (a shared layer) shared, once
+  for the whole model;
+- records, with `trace`, who produces and who consumes every tensor, so that a
+  tool can prove that a layer feeds only a batch norm;
+- finds the layers that a graph does not show: those tracked inside a layer or
+  a subclassed model whose `call` it cannot see (`sublayers`).
+
+Nothing here imports `keras.src`.
 """
 
 import dataclasses
 
 import keras
 
+from keras_bn.batch_norm import ManualBatchNorm
 
-def check_rebuildable(model, caller):
-    """Raises a `ValueError` naming `caller` unless `model` is a built Sequential or Functional model."""
-    if not isinstance(model, keras.Model) or not _is_graph_model(model):
-        raise ValueError(
-            f"{caller} needs a Sequential or Functional model, whose graph it can "
-            f"rebuild. Received: model of type {type(model).__name__}"
-        )
+#: The batch-norm layers that keras-bn's tools act on.
+BATCH_NORMS = (keras.layers.BatchNormalization, ManualBatchNorm)
+
+
+def is_batch_norm(layer):
+    """Returns whether `layer` is a batch-norm layer the tools know (Keras's or keras-bn's)."""
+    return isinstance(layer, BATCH_NORMS)
+
+
+def is_graph_model(layer):
+    """Returns whether `layer` is a Sequential or Functional model (a Functional subclass included)."""
+    if isinstance(layer, keras.Sequential):
+        return True
+    # Functional is not a public name; a Functional subclass has it in its MRO
+    # (Keras injects it into keras-hub's backbones and tasks).
+    return isinstance(layer, keras.Model) and any(
+        cls.__name__ == "Functional" and cls.__module__.startswith("keras") for cls in type(layer).__mro__
+    )
+
+
+def check_model(model, caller):
+    """Raises a `TypeError`/`ValueError` naming `caller` unless `model` is a built Keras model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{caller} needs a keras.Model. Received: model of type {type(model).__name__}")
     if not model.built:
         raise ValueError(
             f"{caller} needs a built model. Received: model {model.name!r} that was "
@@ -26,134 +55,258 @@ def check_rebuildable(model, caller):
         )
 
 
-def _is_graph_model(layer):
-    """Returns whether `layer` is a Sequential or Functional model (its config lists its layers)."""
-    if isinstance(layer, keras.Sequential):
-        return True
-    if not isinstance(layer, keras.Model):
-        return False
-    try:
-        config = layer.get_config()
-    except NotImplementedError:
-        return False
-    return isinstance(config, dict) and {"layers", "input_layers", "output_layers"} <= set(config)
+def sublayers(layer, prefix=""):
+    """Returns `{path: sublayer}` for the layers tracked inside `layer`, at any depth, each once.
 
-
-def entry_name(entry):
-    """Returns the layer name of a serialized layer entry (Functional entries carry it twice)."""
-    return entry.get("name") or entry["config"]["name"]
-
-
-@dataclasses.dataclass
-class Site:
-    """One layer of a (possibly nested) model, with what its graph says about it.
-
-    Attributes:
-        path: `"name"`, or `"outer/inner"` inside a nested model.
-        layer: The layer object.
-        entry: Its serialized entry in the rebuilt config (edit it to replace the layer).
-        inputs: Per call of the layer, the `(producer path, node, tensor)` of each
-            input tensor; `None` for the inputs of the model it belongs to.
-        calls: Per call, the call's keyword arguments as serialized.
-        consumers: Per output `(node, tensor)`, the paths of the layers consuming it,
-            with `"<output>"` where the enclosing model returns it.
+    Graph models are walked through `layers`; other layers and subclassed
+    models through their attributes (a layer, or a list, tuple or dict of
+    layers), which is where Keras tracks them.
     """
+    found, seen = {}, {id(layer)}
 
-    path: str
-    layer: keras.layers.Layer
-    entry: dict
-    inputs: list = dataclasses.field(default_factory=list)
-    calls: list = dataclasses.field(default_factory=list)
-    consumers: dict = dataclasses.field(default_factory=dict)
+    def walk(parent, prefix):
+        for name, child in _children(parent):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            path = prefix + (child.name if is_graph_model(parent) else name)
+            found[path] = child
+            walk(child, path + "/")
 
-
-def _tensor_refs(value):
-    """Yields the `keras_history` triples of every serialized tensor inside `value`."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__keras_tensor__":
-            yield tuple(value["config"]["keras_history"])
-            return
-        for item in value.values():
-            yield from _tensor_refs(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensor_refs(item)
-
-
-def _output_refs(value):
-    """Yields `(name, node, tensor)` for a Functional config's `output_layers` (one or nested)."""
-    if len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], int):
-        yield tuple(value)
-        return
-    for item in value:
-        yield from _output_refs(item)
-
-
-def sites(model, serialized):
-    """Returns `{path: Site}` for every layer of `model`, walking into nested graph models.
-
-    `serialized` is `keras.saving.serialize_keras_object(model)`; each `Site.entry`
-    is the dict inside it, so editing an entry edits what gets rebuilt.
-    """
-    found = {}
-    _collect(model, serialized["config"], "", found)
+    walk(layer, prefix)
     return found
 
 
-def _collect(model, config, prefix, found):
-    """Adds the sites of one graph model's config to `found` (recursively)."""
-    entries = config["layers"]
-    local = {}
-    for entry in entries:
-        if isinstance(model, keras.Sequential) and entry["class_name"] == "InputLayer":
-            continue  # a Sequential model's `layers` leave its input out
-        name = entry_name(entry)
-        site = Site(prefix + name, model.get_layer(name), entry)
-        local[name] = site
-        found[site.path] = site
-    if isinstance(model, keras.Sequential):
-        # A chain: each layer (but the input) consumes the previous one's output.
-        previous = None
-        for site in local.values():
-            site.inputs.append([None if previous is None else (previous.path, 0, 0)])
-            site.calls.append({})
-            if previous is not None:
-                previous.consumers.setdefault((0, 0), []).append(site.path)
-            previous = site
-        if previous is not None:
-            previous.consumers.setdefault((0, 0), []).append("<output>")
-    else:
-        for site in local.values():
-            for node in site.entry.get("inbound_nodes", []):
-                refs = list(_tensor_refs(node))
-                site.inputs.append([(local[n].path, i, t) for n, i, t in refs])
-                site.calls.append(node.get("kwargs", {}))
-                for n, i, t in refs:
-                    local[n].consumers.setdefault((i, t), []).append(site.path)
-        for n, i, t in _output_refs(config["output_layers"]):
-            local[n].consumers.setdefault((i, t), []).append("<output>")
-    for site in list(local.values()):
-        if _is_graph_model(site.layer):
-            _collect(site.layer, site.entry["config"], site.path + "/", found)
+def _children(layer):
+    """Yields `(name, layer)` for the layers directly inside `layer`.
+
+    A layer held in an attribute is named by the attribute, one in a list,
+    tuple or dict (or tracked by Keras alone) by its own name.
+    """
+    if is_graph_model(layer):
+        for child in layer.layers:
+            yield child.name, child
+        return
+    attributes = [(name, value) for name, value in vars(layer).items() if not name.startswith("_")]
+    for name, value in attributes + [("", getattr(layer, "_layers", []))]:
+        if isinstance(value, keras.layers.Layer):
+            yield name, value
+        elif isinstance(value, (list, tuple, dict)):
+            for child in value.values() if isinstance(value, dict) else value:
+                if isinstance(child, keras.layers.Layer):
+                    yield child.name, child
 
 
-def replace_entry(entry, layer):
-    """Makes the serialized `entry` describe `layer` instead, keeping its name, build config and calls."""
-    new = keras.saving.serialize_keras_object(layer)
-    for key in ("module", "class_name", "registered_name", "config"):
-        entry[key] = new[key]
+def batch_norm_layers(model):
+    """Returns every batch-norm layer of `model` at any depth, each once, in depth-first order."""
+    return [layer for layer in sublayers(model).values() if is_batch_norm(layer)]
 
 
-def leaf_layers(model, prefix=""):
-    """Returns `{path: layer}` for every layer that is not itself a graph model, walking nested ones."""
-    leaves = {}
-    for layer in model.layers:
-        path = prefix + layer.name
-        if _is_graph_model(layer):
-            leaves.update(leaf_layers(layer, path + "/"))
+@dataclasses.dataclass
+class Call:
+    """One call of a layer or operation in a graph model, as `trace` saw it.
+
+    Attributes:
+        path: The operation's path, `"outer/inner"` inside a nested model.
+        operation: The original layer or operation.
+        inputs: Keys of the tensors it was called on.
+        outputs: Keys of the tensors it returned.
+        kwargs: Its keyword arguments that are not tensors (e.g. `training`).
+    """
+
+    path: str
+    operation: object
+    inputs: list
+    outputs: list
+    kwargs: dict
+
+
+@dataclasses.dataclass
+class Graph:
+    """Every call of a model's graph (nested models included) and who consumes each tensor.
+
+    Attributes:
+        calls: `{path: [Call, ...]}`, one `Call` per time the operation is called.
+        consumers: `{tensor key: [Call, ...]}`.
+        outputs: Keys of the tensors that a (possibly nested) model returns.
+        producers: `{tensor key: Call}`; a model input has none.
+        tensors: `{tensor key: KerasTensor}`.
+        opaque: `{path: layer}` for the layers whose insides a graph does not show.
+        model: The traced copy, which keeps the tensors whose ids are the keys alive.
+    """
+
+    calls: dict = dataclasses.field(default_factory=dict)
+    consumers: dict = dataclasses.field(default_factory=dict)
+    outputs: set = dataclasses.field(default_factory=set)
+    producers: dict = dataclasses.field(default_factory=dict)
+    tensors: dict = dataclasses.field(default_factory=dict)
+    opaque: dict = dataclasses.field(default_factory=dict)
+    model: object = None
+
+    def add(self, call):
+        """Records `call`."""
+        self.calls.setdefault(call.path, []).append(call)
+        for key in call.inputs:
+            self.consumers.setdefault(key, []).append(call)
+        for key in call.outputs:
+            self.producers[key] = call
+
+
+def _tensors(structure):
+    """Returns the KerasTensors inside a nested structure of call arguments."""
+    return [x for x in keras.tree.flatten(structure) if isinstance(x, keras.KerasTensor)]
+
+
+def _clone_operation(operation):
+    """Returns a fresh copy of a plain operation (not a layer), or the operation itself if it has no config."""
+    try:
+        return type(operation).from_config(operation.get_config())
+    except (NotImplementedError, TypeError, ValueError):
+        return operation  # stateless: sharing it between graphs is harmless
+
+
+def clone_layer(layer, path):
+    """Returns a new, unbuilt layer configured like `layer` (its weights are copied after the rebuild)."""
+    if isinstance(layer, keras.layers.Lambda):
+        # Its config holds the function as bytecode, which Keras refuses to load
+        # by default; the function object itself is at hand.
+        return keras.layers.Lambda(
+            layer.function, output_shape=getattr(layer, "_output_shape", None), mask=layer.mask,
+            arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy,
+        )
+    try:
+        return type(layer).from_config(layer.get_config())
+    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+        raise ValueError(
+            f"Layer {path!r} of type {type(layer).__name__} cannot be rebuilt: "
+            f"{type(layer).__name__}.from_config(layer.get_config()) fails "
+            f"({type(error).__name__}, shown above). Give the layer a get_config() that "
+            "returns its constructor arguments."
+        ) from error
+
+
+class Rebuilder:
+    """Rebuilds a model through `clone_model`, layer by layer, recursing into nested models.
+
+    Args:
+        replace: `replace(path, layer)` returns the layer to use in place of
+            the leaf `layer` (a new one, the same one to share it, or `None`
+            for a clone configured like it).
+        graph: A `Graph` that records every call, or `None`.
+    """
+
+    def __init__(self, replace, graph=None):
+        self.replace = replace
+        self.graph = graph
+        self.pairs = []  # (path, old layer, new layer) for every leaf layer
+        self._cache = {}
+        self._paths = {}
+
+    def model(self, model, prefix=""):
+        """Returns the rebuilt `model`; its leaf layers are named with `prefix`."""
+        if isinstance(model, keras.Sequential):
+            return self._sequential(model, prefix)
+        recorder = None if self.graph is None else self._recorder(prefix)
+        new = keras.models.clone_model(model, clone_function=lambda op: self._operation(op, prefix),
+                                       call_function=recorder)
+        if self.graph is not None:
+            self.graph.outputs.update(id(x) for x in keras.tree.flatten(new.outputs))
+        return new
+
+    def _sequential(self, model, prefix):
+        """Rebuilds a Sequential model; when tracing, as a Functional chain whose calls are recorded."""
+        if self.graph is None:
+            return keras.models.clone_model(model, clone_function=lambda op: self._operation(op, prefix))
+        inputs = keras.Input(batch_shape=tuple(model.inputs[0].shape), dtype=model.inputs[0].dtype)
+        x, record = inputs, self._recorder(prefix)
+        for layer in model.layers:
+            x = record(self._operation(layer, prefix), x)
+        self.graph.outputs.update(id(t) for t in keras.tree.flatten(x))
+        return keras.Model(inputs, x, name=model.name)
+
+    def _operation(self, operation, prefix):
+        """The `clone_function`: the new layer for `operation`, each original once."""
+        if id(operation) in self._cache:
+            return self._cache[id(operation)]
+        path = prefix + operation.name
+        if not isinstance(operation, keras.layers.Layer):
+            new = _clone_operation(operation)
+        elif is_graph_model(operation):
+            new = self.model(operation, path + "/")
         else:
-            leaves[path] = layer
-    return leaves
+            new = self.replace(path, operation)
+            if new is None:
+                new = clone_layer(operation, path)
+            self.pairs.append((path, operation, new))
+            if self.graph is not None and sublayers(operation):
+                self.graph.opaque[path] = operation
+        self._cache[id(operation)] = new
+        self._paths[id(new)] = (path, operation)
+        return new
+
+    def _recorder(self, prefix):
+        """Returns a `call_function` that calls the operation and records the call in `self.graph`."""
+
+        def record(operation, *args, **kwargs):
+            outputs = operation(*args, **kwargs)
+            path, original = self._paths.get(id(operation), (prefix + operation.name, operation))
+            plain = {k: v for k, v in kwargs.items() if not _tensors(v)}
+            inputs, results = _tensors((args, kwargs)), _tensors(outputs)
+            self.graph.tensors.update((id(x), x) for x in inputs + results)
+            self.graph.add(Call(path, original, [id(x) for x in inputs], [id(x) for x in results], plain))
+            return outputs
+
+        return record
+
+
+def copy_opaque(model, caller):
+    """Returns a built copy of a subclassed `model`, weights included, through its config."""
+    try:
+        new = keras.models.clone_model(model)
+        new.build_from_config(model.get_build_config())
+        new.set_weights(model.get_weights())
+    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+        raise ValueError(
+            f"{caller} cannot copy model {model.name!r}: it is a subclassed "
+            f"{type(model).__name__} with its own call(), so its graph cannot be walked, and "
+            f"copying it through its config failed ({type(error).__name__}, shown above). "
+            "Build the model with the Functional API, or give its class get_config()."
+        ) from error
+    return new
+
+
+def trace(model):
+    """Returns the `Graph` of `model`, recorded on a copy that shares the model's layers.
+
+    Sharing creates no weights; the shared layers gain call records that the
+    original model does not use.
+    """
+    graph = Graph()
+    rebuilder = Rebuilder(lambda path, layer: layer, graph)
+    graph.model = rebuilder.model(model)
+    return graph
+
+
+def rebuild(model, replace, weights_for=None):
+    """Returns a new model with each leaf layer replaced by `replace(path, layer)` or cloned, weights copied.
+
+    `weights_for(path, old, new)` returns `{weight name: array}` for a new
+    layer, or `None` to copy the old layer's weights as they are.
+    """
+    rebuilder = Rebuilder(replace)
+    new_model = rebuilder.model(model)
+    for path, old, new in rebuilder.pairs:
+        values = None if weights_for is None else weights_for(path, old, new)
+        if values is None and new.weights:
+            if len(new.weights) != len(old.weights):
+                raise ValueError(
+                    f"Layer {path!r} has {len(old.weights)} weights but its rebuilt copy has "
+                    f"{len(new.weights)}; it cannot be rebuilt from its config."
+                )
+            new.set_weights(old.get_weights())
+        elif values is not None:
+            set_weights_by_name(new, values)
+    return new_model
 
 
 def weights_by_name(layer):
@@ -170,22 +323,3 @@ def set_weights_by_name(layer, values):
         else:
             missing.append(w.name)
     return missing
-
-
-def rebuild(model, serialized, weights_for):
-    """Deserializes `serialized` into a new model and gives each leaf layer its weights.
-
-    `weights_for(path, old_layer, new_layer)` returns `{name: array}` for the new
-    layer, or `None` to copy the old layer's weights as they are.
-    """
-    new_model = keras.saving.deserialize_keras_object(serialized)
-    old = leaf_layers(model)
-    for path, new_layer in leaf_layers(new_model).items():
-        if not new_layer.weights:
-            continue
-        values = weights_for(path, old[path], new_layer)
-        if values is None:
-            new_layer.set_weights(old[path].get_weights())
-        else:
-            set_weights_by_name(new_layer, values)
-    return new_model

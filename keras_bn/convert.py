@@ -60,6 +60,8 @@ def _to_keras(layer, options):
         return None, problems
     for key in _MANUAL_ONLY:
         config.pop(key, None)
+    # Which kernel computes it is ManualBatchNorm's choice; the maths is the same.
+    config.pop("fused", None)
     if isinstance(config["axis"], (list, tuple)):
         config["axis"] = config["axis"][0]
     return keras.layers.BatchNormalization(**config), []
@@ -127,7 +129,7 @@ def convert_batch_norm(model, *, to="manual", **options):
     >>> type(convert_batch_norm(convert_batch_norm(model), to="keras").layers[1]).__name__
     'BatchNormalization'
     """
-    _graph.check_rebuildable(model, "convert_batch_norm")
+    _graph.check_model(model, "convert_batch_norm")
     if to == "manual":
         allowed = _manual_options()
         source = keras.layers.BatchNormalization
@@ -142,29 +144,57 @@ def convert_batch_norm(model, *, to="manual", **options):
             f"convert_batch_norm(to={to!r}) takes the options {', '.join(allowed)}. "
             f"Received unknown option(s): {', '.join(unknown)}"
         )
+    _check_reachable(model, source)
 
-    serialized = keras.saving.serialize_keras_object(model)
     converted, refused = set(), []
-    for path, site in _graph.sites(model, serialized).items():
-        # Exact type: a subclass of Keras's layer may compute something else.
-        if type(site.layer) is not source:
-            continue
+
+    def replace(path, layer):
+        # Exact type: a subclass of the layer may compute something else.
+        if type(layer) is not source:
+            return None
         if to == "manual":
-            new_layer = _to_manual(site.layer, options)
+            new_layer = _to_manual(layer, options)
         else:
-            new_layer, problems = _to_keras(site.layer, options)
+            new_layer, problems = _to_keras(layer, options)
             if problems:
                 refused.append(f"{path!r}: {'; '.join(problems)}")
-                continue
-        _graph.replace_entry(site.entry, new_layer)
+                return None
         converted.add(path)
+        return new_layer
+
+    def weights_for(path, old, new):
+        return _graph.weights_by_name(old) if path in converted else None
+
+    new_model = _graph.rebuild(model, replace, weights_for)
     if refused:
         raise ValueError(
             "convert_batch_norm(to='keras') cannot convert these ManualBatchNorm "
             "layers, whose options Keras's BatchNormalization lacks:\n  " + "\n  ".join(refused)
         )
+    return new_model
 
-    def weights_for(path, old, new):
-        return _graph.weights_by_name(old) if path in converted else None
 
-    return _graph.rebuild(model, serialized, weights_for)
+def _check_reachable(model, source):
+    """Raises a `ValueError` naming the `source` batch norms that no graph leads to, and what to do."""
+    if not _graph.is_graph_model(model):
+        hidden = {"": model}
+    else:
+        hidden = {path: layer for path, layer in _graph.sublayers(model).items()
+                  if not _graph.is_graph_model(layer) and not _graph.is_batch_norm(layer)}
+    unreachable = []
+    for where, layer in hidden.items():
+        prefix = where + "/" if where else ""
+        unreachable += [path for path, inner in _graph.sublayers(layer, prefix).items() if type(inner) is source]
+    if not unreachable:
+        return
+    if not _graph.is_graph_model(model):
+        where = f"the subclassed model {model.name!r} ({type(model).__name__}), whose call() it cannot see"
+    else:
+        where = "layers whose call() it cannot see (not a Functional graph)"
+    raise ValueError(
+        f"convert_batch_norm cannot replace the {source.__name__} layers inside {where}: "
+        f"{', '.join(repr(p) for p in dict.fromkeys(unreachable))}. Nothing was converted. "
+        f"Construct those layers with {'ManualBatchNorm' if source is not ManualBatchNorm else 'keras.layers.BatchNormalization'} "
+        "in place (it takes the same arguments) and copy the weights with "
+        "new_model.set_weights(model.get_weights()), or build the model with the Functional API."
+    )

@@ -38,6 +38,12 @@ class FoldedBatchNorm(keras.layers.Layer):
         return input_shape
 
 
+# Exact types: a subclass may compute something else in its call().
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_LINEAR = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
 def _weight_to_scale(layer):
     """Returns `(weight name, how its output channels are laid out)` for a layer a batch norm folds into.
 
@@ -46,11 +52,11 @@ def _weight_to_scale(layer):
     channel `c * multiplier + m` spans its last two axes, or `None` when the
     layer cannot take a fold.
     """
-    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+    if type(layer) in _SEPARABLE:
         return "pointwise_kernel", "last"
-    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+    if type(layer) in _DEPTHWISE:
         return "kernel", "depthwise"
-    if isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+    if type(layer) in _LINEAR:
         return "kernel", "last"
     return None
 
@@ -76,35 +82,45 @@ class FoldReport:
         return "\n".join(lines)
 
 
-def _why_not_foldable(bn_site, found):
-    """Returns `(linear site, None)` if the batch norm at `bn_site` folds, else `(None, reason)`."""
-    bn = bn_site.layer
-    if len(bn_site.inputs) != 1:
-        return None, f"it is called {len(bn_site.inputs)} times (a shared layer)"
-    if bn_site.calls[0].get("training") is True:
+def _listed(items):
+    """Returns `a`, `a and b` or `a, b and c`."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _why_not_foldable(path, graph):
+    """Returns `(producer Call, None)` if the batch norm at `path` folds, else `(None, reason)`."""
+    calls = graph.calls[path]
+    bn = calls[0].operation
+    if type(bn) not in _BATCH_NORMS:
+        return None, f"it is a {type(bn).__name__}, a subclass whose call() may compute something else"
+    if len(calls) != 1:
+        return None, f"it is called at {len(calls)} places in the graph (a shared layer)"
+    (call,) = calls
+    if call.kwargs.get("training") is True:
         return None, "it is called with training=True, so it always uses batch statistics"
-    (ref,) = bn_site.inputs[0] if len(bn_site.inputs[0]) == 1 else (None,)
-    if ref is None:
-        return None, "its input is not the output of a layer in the same model"
-    producer = found[ref[0]]
-    linear = producer.layer
-    kind = _weight_to_scale(linear)
-    if kind is None:
-        return None, f"its input comes from {type(linear).__name__} {producer.path!r}, which cannot absorb it"
-    if len(producer.inputs) != 1:
-        return None, f"{producer.path!r} is called {len(producer.inputs)} times (a shared layer)"
+    producer = graph.producers.get(call.inputs[0]) if len(call.inputs) == 1 else None
+    if producer is None:
+        return None, "its input is an input of the model it belongs to, not a layer's output"
+    linear, where = producer.operation, producer.path
+    if _weight_to_scale(linear) is None:
+        return None, f"its input comes from {where!r} ({type(linear).__name__}), which cannot absorb it"
+    if len(graph.calls[where]) != 1:
+        return None, f"its input comes from {where!r}, which is called at {len(graph.calls[where])} places"
     activation = getattr(linear, "activation", None)
     if activation is not None and activation is not keras.activations.linear:
         name = getattr(activation, "__name__", repr(activation))
-        return None, f"{producer.path!r} applies the activation {name!r} before it"
-    others = [c for c in producer.consumers.get(ref[1:], []) if c != bn_site.path]
+        return None, f"{where!r} applies the activation {name!r} before it"
+    key = call.inputs[0]
+    others = [repr(c.path) for c in graph.consumers.get(key, []) if c is not call]
+    if key in graph.outputs:
+        others.append("the model's outputs")
     if others:
-        return None, f"{producer.path!r}'s output also feeds {', '.join(others)}, which folding would change"
-    rank = len(linear.output.shape)
+        return None, f"the output of {where!r} also goes to {_listed(others)}, which folding would change"
+    rank = len(graph.tensors[key].shape)
     channel_axis = 1 if getattr(linear, "data_format", None) == "channels_first" else rank - 1
     axes = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
     if len(axes) != 1 or axes[0] % rank != channel_axis:
-        return None, f"its axis {bn.axis!r} is not the channel axis ({channel_axis}) of {producer.path!r}"
+        return None, f"its axis {bn.axis!r} is not the channel axis ({channel_axis}) of {where!r}"
     return producer, None
 
 
@@ -143,8 +159,11 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
 
     The layers that take a fold are `Dense`, `Conv1D`/`Conv2D`/`Conv3D`,
     `DepthwiseConv1D`/`DepthwiseConv2D` (output channel `c * multiplier + m`)
-    and `SeparableConv1D`/`SeparableConv2D` (into the pointwise kernel), in
-    nested Sequential and Functional models too. Each folded
+    and `SeparableConv1D`/`SeparableConv2D` (into the pointwise kernel), at
+    any depth of nested Sequential and Functional models, Functional
+    subclasses such as keras-hub backbones and tasks included. Plain
+    operations in the graph (`x + 3`, `keras.ops.pad`, ...), `Lambda` layers
+    and masks pass through unchanged. Each folded
     `BatchNormalization` or `ManualBatchNorm` is replaced by a
     `FoldedBatchNorm` of the same name, a no-op that shows where the folding
     happened. A batch norm is kept, with its weights, when folding could
@@ -152,25 +171,33 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
     (a residual `Add`, a `Concatenate`, ...) or is a model output, when the
     layer applies an activation or is shared, when the normalization is over
     another axis than the layer's channels, or when it is called with
-    `training=True`. The original model is not modified.
+    `training=True`. A batch norm inside a layer or a subclassed model whose
+    `call` is not a graph (a custom block) is kept too: keras-bn cannot see
+    what feeds it. The report gives the reason for each kept layer. The
+    original model's weights and predictions are not modified.
 
     Folding is for inference only: the folded model has no batch statistics
     to train with, and it is returned uncompiled.
 
     Args:
-        model: A built Sequential or Functional Keras model.
+        model: A built Keras model. A subclassed model with its own `call`
+            is copied through its config with every batch norm kept.
         verbose: Whether to print which batch norms were folded and why the
             others were kept. Defaults to `False`.
         return_report: Whether to return `(folded_model, FoldReport)` instead
             of the model alone. Defaults to `False`.
 
     Returns:
-        A new `keras.Model` of the same class with the same inputs and
-        outputs, or `(model, FoldReport)` with `return_report=True`.
+        A new `keras.Model` with the same inputs and outputs: of the same
+        class when that class is Sequential, Functional or built like it, a
+        plain Functional `keras.Model` for a Functional subclass with another
+        constructor (a keras-hub backbone); or `(model, FoldReport)` with
+        `return_report=True`.
 
     Raises:
-        ValueError: `model` is a subclassed model (its graph cannot be
-            rebuilt) or was never built.
+        TypeError: `model` is not a `keras.Model`.
+        ValueError: `model` was never built, or a layer (or a subclassed
+            model) cannot be rebuilt from its config.
 
     Example:
 
@@ -194,29 +221,53 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
     >>> bool(np.allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5))
     True
     """
-    _graph.check_rebuildable(model, "fold_batch_norm")
-    serialized = keras.saving.serialize_keras_object(model)
-    found = _graph.sites(model, serialized)
-    folded, kept, into = {}, {}, {}
-    for path, site in found.items():
-        if not isinstance(site.layer, _BATCH_NORMS):
-            continue
-        producer, reason = _why_not_foldable(site, found)
-        if producer is None:
-            kept[path] = reason
-            continue
-        folded[path] = producer.path
-        into[producer.path] = site.layer
-        # Same dtype policy: a float32 no-op would upcast a mixed-precision model.
-        marker = FoldedBatchNorm(name=site.layer.name, dtype=site.layer.dtype_policy.name)
-        _graph.replace_entry(site.entry, marker)
-        producer.entry["config"]["use_bias"] = True
-
-    def weights_for(path, old, new):
-        return _folded_weights(old, into[path]) if path in into else None
-
-    new_model = _graph.rebuild(model, serialized, weights_for)
+    _graph.check_model(model, "fold_batch_norm")
+    if not _graph.is_graph_model(model):
+        new_model, folded, kept = _graph.copy_opaque(model, "fold_batch_norm"), {}, {}
+        _hidden(None, model, kept)
+    else:
+        new_model, folded, kept = _fold_graph(model)
     report = FoldReport(folded=folded, kept=kept)
     if verbose:
         print(report)
     return (new_model, report) if return_report else new_model
+
+
+def _hidden(where, layer, kept):
+    """Adds to `kept` the batch norms inside `layer`, whose call() no graph shows."""
+    kind = "the subclassed model" if isinstance(layer, keras.Model) else f"the {type(layer).__name__} layer"
+    prefix = "" if where is None else where + "/"
+    for path, inner in _graph.sublayers(layer, prefix).items():
+        if _graph.is_batch_norm(inner):
+            kept[path] = f"it is inside {kind} {where or layer.name!r}, whose call() keras-bn cannot see"
+
+
+def _fold_graph(model):
+    """Folds the batch norms of a graph model; returns `(new model, folded, kept)`."""
+    graph = _graph.trace(model)
+    folded, kept, into = {}, {}, {}
+    for path, calls in graph.calls.items():
+        bn = calls[0].operation
+        if not _graph.is_batch_norm(bn):
+            continue
+        producer, reason = _why_not_foldable(path, graph)
+        if producer is None:
+            kept[path] = reason
+        else:
+            folded[path] = producer.path
+            into[producer.path] = bn
+    for path, layer in graph.opaque.items():
+        _hidden(path, layer, kept)
+
+    def replace(path, layer):
+        if path in folded:
+            # Same dtype policy: a float32 no-op would upcast a mixed-precision model.
+            return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy.name)
+        if path in into:
+            return type(layer).from_config({**layer.get_config(), "use_bias": True})
+        return None
+
+    def weights_for(path, old, new):
+        return _folded_weights(old, into[path]) if path in into else None
+
+    return _graph.rebuild(model, replace, weights_for), folded, kept

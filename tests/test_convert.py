@@ -132,12 +132,40 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"virtual_batch_size"):
         convert_batch_norm(model, virtual_batch_size=0)
 
-    class Custom(keras.Model):
-        def call(self, x):
-            return x
+    with pytest.raises(TypeError, match=r"needs a keras.Model.*Received: model of type BatchNormalization"):
+        convert_batch_norm(keras.layers.BatchNormalization())
 
-    with pytest.raises(ValueError, match=r"Sequential or Functional.*Custom"):
-        convert_batch_norm(Custom())
+
+def test_a_subclassed_model_is_refused_with_its_batch_norms_named():
+    class Custom(keras.Model):
+        def __init__(self):
+            super().__init__(name="custom")
+            self.dense = keras.layers.Dense(3)
+            self.norm = keras.layers.BatchNormalization(name="bn")
+
+        def call(self, x, training=None):
+            return self.norm(self.dense(x), training=training)
+
+    model = Custom()
+    model(np.zeros((2, 4), "float32"))
+    with pytest.raises(ValueError, match=r"inside the subclassed model 'custom' \(Custom\).*'norm'.*Nothing was converted"):
+        convert_batch_norm(model)
+
+
+def test_a_batch_norm_inside_a_custom_layer_is_refused_by_path():
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(3)
+            self.bns = [keras.layers.BatchNormalization(name="inner_bn")]
+
+        def call(self, x, training=None):
+            return self.bns[0](self.dense(x), training=training)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Block(name="block")(keras.layers.BatchNormalization(name="outer")(inputs)))
+    with pytest.raises(ValueError, match=r"cannot replace the BatchNormalization layers inside layers.*'block/inner_bn'"):
+        convert_batch_norm(model)
 
 
 def test_renorm_and_mixed_precision_carry_over():
