@@ -59,42 +59,43 @@ def sublayers(layer, prefix=""):
     """Returns `{path: sublayer}` for the layers tracked inside `layer`, at any depth, each once.
 
     Graph models are walked through `layers`; other layers and subclassed
-    models through their attributes (a layer, or a list, tuple or dict of
-    layers), which is where Keras tracks them.
+    models through the sub-layers Keras tracks for them. A path joins the
+    layers' names with `/`.
     """
     found, seen = {}, {id(layer)}
 
     def walk(parent, prefix):
-        for name, child in _children(parent):
+        for child in _children(parent):
             if id(child) in seen:
                 continue
             seen.add(id(child))
-            path = prefix + (child.name if is_graph_model(parent) else name)
-            found[path] = child
-            walk(child, path + "/")
+            found[prefix + child.name] = child
+            walk(child, prefix + child.name + "/")
 
     walk(layer, prefix)
     return found
 
 
 def _children(layer):
-    """Yields `(name, layer)` for the layers directly inside `layer`.
+    """Returns the layers directly inside `layer`.
 
-    A layer held in an attribute is named by the attribute, one in a list,
-    tuple or dict (or tracked by Keras alone) by its own name.
+    Keras tracks a layer's sub-layers as it assigns them (attributes, lists
+    and dicts of layers alike); on PyTorch they are not in the instance's
+    `__dict__`, so the tracker's list is what every backend shares.
     """
-    if is_graph_model(layer):
-        for child in layer.layers:
-            yield child.name, child
-        return
-    attributes = [(name, value) for name, value in vars(layer).items() if not name.startswith("_")]
-    for name, value in attributes + [("", getattr(layer, "_layers", []))]:
-        if isinstance(value, keras.layers.Layer):
-            yield name, value
-        elif isinstance(value, (list, tuple, dict)):
-            for child in value.values() if isinstance(value, dict) else value:
-                if isinstance(child, keras.layers.Layer):
-                    yield child.name, child
+    return layer.layers if is_graph_model(layer) else getattr(layer, "_layers", [])
+
+
+def graph_layers(model, prefix=""):
+    """Returns `{path: layer}` for every layer of a graph model that is not a model, nested ones walked."""
+    found = {}
+    for layer in model.layers:
+        path = prefix + layer.name
+        if is_graph_model(layer):
+            found.update(graph_layers(layer, path + "/"))
+        elif not isinstance(layer, keras.layers.InputLayer):
+            found[path] = layer
+    return found
 
 
 def batch_norm_layers(model):
@@ -128,7 +129,8 @@ class Graph:
     Attributes:
         calls: `{path: [Call, ...]}`, one `Call` per time the operation is called.
         consumers: `{tensor key: [Call, ...]}`.
-        outputs: Keys of the tensors that a (possibly nested) model returns.
+        outputs: `{tensor key: path of the model that returns it}`, `""` for the
+            model traced, `"outer/inner"` for a nested one.
         producers: `{tensor key: Call}`; a model input has none.
         tensors: `{tensor key: KerasTensor}`.
         opaque: `{path: layer}` for the layers whose insides a graph does not show.
@@ -137,7 +139,7 @@ class Graph:
 
     calls: dict = dataclasses.field(default_factory=dict)
     consumers: dict = dataclasses.field(default_factory=dict)
-    outputs: set = dataclasses.field(default_factory=set)
+    outputs: dict = dataclasses.field(default_factory=dict)
     producers: dict = dataclasses.field(default_factory=dict)
     tensors: dict = dataclasses.field(default_factory=dict)
     opaque: dict = dataclasses.field(default_factory=dict)
@@ -192,37 +194,17 @@ class Rebuilder:
         replace: `replace(path, layer)` returns the layer to use in place of
             the leaf `layer` (a new one, the same one to share it, or `None`
             for a clone configured like it).
-        graph: A `Graph` that records every call, or `None`.
     """
 
-    def __init__(self, replace, graph=None):
+    def __init__(self, replace):
         self.replace = replace
-        self.graph = graph
         self.pairs = []  # (path, old layer, new layer) for every leaf layer
         self._cache = {}
         self._paths = {}
 
     def model(self, model, prefix=""):
-        """Returns the rebuilt `model`; its leaf layers are named with `prefix`."""
-        if isinstance(model, keras.Sequential):
-            return self._sequential(model, prefix)
-        recorder = None if self.graph is None else self._recorder(prefix)
-        new = keras.models.clone_model(model, clone_function=lambda op: self._operation(op, prefix),
-                                       call_function=recorder)
-        if self.graph is not None:
-            self.graph.outputs.update(id(x) for x in keras.tree.flatten(new.outputs))
-        return new
-
-    def _sequential(self, model, prefix):
-        """Rebuilds a Sequential model; when tracing, as a Functional chain whose calls are recorded."""
-        if self.graph is None:
-            return keras.models.clone_model(model, clone_function=lambda op: self._operation(op, prefix))
-        inputs = keras.Input(batch_shape=tuple(model.inputs[0].shape), dtype=model.inputs[0].dtype)
-        x, record = inputs, self._recorder(prefix)
-        for layer in model.layers:
-            x = record(self._operation(layer, prefix), x)
-        self.graph.outputs.update(id(t) for t in keras.tree.flatten(x))
-        return keras.Model(inputs, x, name=model.name)
+        """Returns the rebuilt `model`, nested models rebuilt as nested models."""
+        return keras.models.clone_model(model, clone_function=lambda op: self._operation(op, prefix))
 
     def _operation(self, operation, prefix):
         """The `clone_function`: the new layer for `operation`, each original once."""
@@ -232,25 +214,78 @@ class Rebuilder:
         if not isinstance(operation, keras.layers.Layer):
             new = _clone_operation(operation)
         elif is_graph_model(operation):
-            new = self.model(operation, path + "/")
+            new = self._nested(operation, path)
         else:
             new = self.replace(path, operation)
             if new is None:
                 new = clone_layer(operation, path)
             self.pairs.append((path, operation, new))
-            if self.graph is not None and sublayers(operation):
-                self.graph.opaque[path] = operation
         self._cache[id(operation)] = new
         self._paths[id(new)] = (path, operation)
         return new
 
-    def _recorder(self, prefix):
-        """Returns a `call_function` that calls the operation and records the call in `self.graph`."""
+    def _nested(self, model, path):
+        """Returns what stands for the nested `model` in the rebuilt graph."""
+        return self.model(model, path + "/")
+
+
+class _Tracer(Rebuilder):
+    """Rebuilds a model as one flat graph over its own layers, nested models inlined, recording every call."""
+
+    def __init__(self):
+        super().__init__(lambda path, layer: layer)
+        self.graph = Graph()
+
+    def model(self, model, prefix=""):
+        """Returns the flat copy of `model`; its outputs are recorded as the model's."""
+        if isinstance(model, keras.Sequential):
+            inputs = keras.Input(batch_shape=tuple(model.inputs[0].shape), dtype=model.inputs[0].dtype)
+            return keras.Model(inputs, self._inline(model, prefix, inputs, {}))
+        new = keras.models.clone_model(
+            model, clone_function=lambda op: self._operation(op, prefix), call_function=self._recorder(prefix, {})
+        )
+        self.graph.outputs.update((id(x), "") for x in keras.tree.flatten(new.outputs))
+        return new
+
+    def _nested(self, model, path):
+        """Keeps the nested model: the recorder calls its layers in place of it (see `_inline`)."""
+        return model
+
+    def _operation(self, operation, prefix):
+        new = super()._operation(operation, prefix)
+        if new is operation and not is_graph_model(operation) and sublayers(operation):
+            self.graph.opaque[self._paths[id(new)][0]] = operation
+        return new
+
+    def _inline(self, model, prefix, inputs, inherited):
+        """Calls the layers of the nested `model` on `inputs`, recording each call; returns its outputs."""
+        if isinstance(model, keras.Sequential):
+            outputs, record = inputs, self._recorder(prefix, inherited)
+            for layer in model.layers:
+                outputs = record(self._operation(layer, prefix), outputs)
+        else:
+            outputs = keras.models.clone_model(
+                model, input_tensors=inputs, clone_function=lambda op: self._operation(op, prefix),
+                call_function=self._recorder(prefix, inherited),
+            ).output
+        for x in keras.tree.flatten(outputs):
+            self.graph.outputs.setdefault(id(x), prefix.rstrip("/"))
+        return outputs
+
+    def _recorder(self, prefix, inherited):
+        """Returns a `call_function` that calls each operation and records the call.
+
+        `inherited` holds the keyword arguments (e.g. `training`) of the call
+        of the nested model that these calls belong to.
+        """
 
         def record(operation, *args, **kwargs):
-            outputs = operation(*args, **kwargs)
             path, original = self._paths.get(id(operation), (prefix + operation.name, operation))
-            plain = {k: v for k, v in kwargs.items() if not _tensors(v)}
+            plain = {**inherited, **{k: v for k, v in kwargs.items() if not _tensors(v)}}
+            if is_graph_model(operation):
+                inputs = args[0] if args else kwargs["inputs"]
+                return self._inline(operation, path + "/", inputs, plain)
+            outputs = operation(*args, **kwargs)
             inputs, results = _tensors((args, kwargs)), _tensors(outputs)
             self.graph.tensors.update((id(x), x) for x in inputs + results)
             self.graph.add(Call(path, original, [id(x) for x in inputs], [id(x) for x in results], plain))
@@ -281,10 +316,9 @@ def trace(model):
     Sharing creates no weights; the shared layers gain call records that the
     original model does not use.
     """
-    graph = Graph()
-    rebuilder = Rebuilder(lambda path, layer: layer, graph)
-    graph.model = rebuilder.model(model)
-    return graph
+    tracer = _Tracer()
+    tracer.graph.model = tracer.model(model)
+    return tracer.graph
 
 
 def rebuild(model, replace, weights_for=None):
@@ -295,7 +329,15 @@ def rebuild(model, replace, weights_for=None):
     """
     rebuilder = Rebuilder(replace)
     new_model = rebuilder.model(model)
-    for path, old, new in rebuilder.pairs:
+    _copy_weights(rebuilder.pairs, weights_for)
+    if _is_task(model):
+        new_model = _as_task(model, new_model)
+    return new_model
+
+
+def _copy_weights(pairs, weights_for):
+    """Gives each new layer of `pairs` its weights: `weights_for`'s, or the old layer's."""
+    for path, old, new in pairs:
         values = None if weights_for is None else weights_for(path, old, new)
         if values is None and new.weights:
             if len(new.weights) != len(old.weights):
@@ -306,7 +348,34 @@ def rebuild(model, replace, weights_for=None):
             new.set_weights(old.get_weights())
         elif values is not None:
             set_weights_by_name(new, values)
-    return new_model
+
+
+def _is_task(model):
+    """Returns whether `model` is a keras-hub task: a Functional subclass around a `backbone`, with a `preprocessor`."""
+    return hasattr(model, "backbone") and hasattr(model, "preprocessor") and is_graph_model(model.backbone)
+
+
+def _as_task(task, rebuilt):
+    """Returns a task of `task`'s class around the backbone of the `rebuilt` graph, with `task`'s preprocessor.
+
+    A task applies its preprocessor in `fit`/`predict`, outside its graph: the
+    bare rebuilt graph would predict differently on the same data.
+    """
+    config = task.get_config()
+    config["backbone"] = rebuilt.get_layer(task.backbone.name)
+    config["preprocessor"] = task.preprocessor
+    try:
+        new = type(task)(**config)
+        for layer in new.layers:
+            if layer is not config["backbone"] and layer.weights:
+                layer.set_weights(rebuilt.get_layer(layer.name).get_weights())
+    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+        raise ValueError(
+            f"The keras-hub task {task.name!r} ({type(task).__name__}) cannot be rebuilt around "
+            f"its new backbone ({type(error).__name__}, shown above). Convert its backbone "
+            "instead and build the task around it."
+        ) from error
+    return new
 
 
 def weights_by_name(layer):

@@ -110,10 +110,13 @@ def _why_not_foldable(path, graph):
     if activation is not None and activation is not keras.activations.linear:
         name = getattr(activation, "__name__", repr(activation))
         return None, f"{where!r} applies the activation {name!r} before it"
+    if where.rpartition("/")[0] != path.rpartition("/")[0]:
+        return None, f"its input comes from {where!r}, outside the model it belongs to"
     key = call.inputs[0]
     others = [repr(c.path) for c in graph.consumers.get(key, []) if c is not call]
     if key in graph.outputs:
-        others.append("the model's outputs")
+        owner = graph.outputs[key]
+        others.append(f"the outputs of the model {owner!r}" if owner else "the model's outputs")
     if others:
         return None, f"the output of {where!r} also goes to {_listed(others)}, which folding would change"
     rank = len(graph.tensors[key].shape)

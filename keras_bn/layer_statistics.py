@@ -10,6 +10,7 @@ chance).
 import keras
 import numpy as np
 
+from keras_bn import _graph
 from keras_bn.recalibrate import _no_grad, _saved_state
 
 __all__ = ["LayerStatistics"]
@@ -23,27 +24,36 @@ def _has_nonlinearity(layer):
     return activation is not None and activation is not keras.activations.linear
 
 
-def _resolve(model, layers, name, default):
-    """Returns the layers named or given in `layers` (or the `default` ones), checking each."""
+def _layers_by_path(model):
+    """Returns `{path: layer}`: every layer of a graph model at any depth, else the model's own `layers`."""
+    if _graph.is_graph_model(model):
+        return _graph.graph_layers(model)
+    return {layer.name: layer for layer in getattr(model, "layers", [])}
+
+
+def _resolve(by_path, layers, name, default):
+    """Returns `{path: layer}` for the layers named or given in `layers` (or the `default` ones)."""
     if layers is None:
         return default
     if isinstance(layers, (str, keras.layers.Layer)):
         layers = [layers]
-    resolved = []
+    paths = {id(layer): path for path, layer in reversed(by_path.items())}
+    resolved = {}
     for layer in layers:
         if isinstance(layer, str):
-            try:
-                layer = model.get_layer(layer)
-            except ValueError:
+            if layer not in by_path:
                 raise ValueError(
-                    f"`{name}` names a layer that `model` does not have at its top "
-                    f"level. Received: {name} containing {layer!r}"
-                ) from None
-        if not isinstance(layer, keras.layers.Layer):
+                    f"`{name}` names a layer that `model` does not have (a layer of a nested "
+                    f"model is named by its path, e.g. 'backbone/conv1'). Received: {name} "
+                    f"containing {layer!r}"
+                )
+            resolved[layer] = by_path[layer]
+        elif isinstance(layer, keras.layers.Layer):
+            resolved[paths.get(id(layer), layer.name)] = layer
+        else:
             raise TypeError(
                 f"`{name}` must list layers or layer names. Received: {name} containing {layer!r}"
             )
-        resolved.append(layer)
     return resolved
 
 
@@ -102,13 +112,16 @@ class LayerStatistics(keras.callbacks.Callback):
     Args:
         probe: A fixed batch of model inputs `x` (or `(x, y)`), e.g. the first
             1,000 validation images.
-        inputs_of: Layers (or names of layers at the model's top level) whose
-            pre-activation input is recorded; they must apply a nonlinearity
-            (see above). `None` takes every such layer of the model's top
-            level. Defaults to `None`.
-        kernels_of: Layers (or names) whose kernel gradient norm is recorded;
-            each must have a trainable `kernel`. `None` takes every layer of
-            the model's top level with one, in order. Defaults to `None`.
+        inputs_of: Layers, or their names, whose pre-activation input is
+            recorded; they must apply a nonlinearity (see above). A layer of a
+            nested model (a keras-hub task's backbone, a block) is named by its
+            path, `"backbone/conv1_relu"`, and recorded under it. `None` takes
+            every such layer of the model, nested models included. Defaults to
+            `None`.
+        kernels_of: Layers (or names or paths) whose kernel gradient norm is
+            recorded; each must have a trainable `kernel`. `None` takes every
+            layer of the model with one, nested models included, in order.
+            Defaults to `None`.
         every: Record after every `every`-th batch, a positive int. Defaults
             to `50`.
         percentiles: The percentiles to record, numbers in [0, 100].
@@ -189,40 +202,53 @@ class LayerStatistics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        top = list(getattr(model, "layers", []))
-        self.input_layers = _resolve(
-            model, self._inputs_of, "inputs_of", [layer for layer in top if _has_nonlinearity(layer)]
+        by_path = _layers_by_path(model)
+        inputs = _resolve(
+            by_path, self._inputs_of, "inputs_of",
+            {path: layer for path, layer in by_path.items() if _has_nonlinearity(layer)},
         )
-        for layer in self.input_layers:
+        for path, layer in inputs.items():
             if not _has_nonlinearity(layer):
                 raise ValueError(
                     "`inputs_of` must list layers that apply a nonlinearity (an Activation "
                     "layer, or a layer with a non-linear `activation`). "
-                    f"Received: layer {layer.name!r}"
+                    f"Received: layer {path!r}"
                 )
-        self.kernel_layers = _resolve(
-            model,
-            self._kernels_of,
-            "kernels_of",
-            [layer for layer in top if getattr(layer, "kernel", None) is not None and layer.trainable],
-        )
-        for layer in self.kernel_layers:
+        with_kernel = {path: layer for path, layer in by_path.items()
+                       if getattr(layer, "kernel", None) is not None and layer.trainable}
+        kernels = _resolve(by_path, self._kernels_of, "kernels_of", with_kernel)
+        for path, layer in kernels.items():
             if getattr(layer, "kernel", None) is None:
                 raise ValueError(
-                    f"`kernels_of` must list layers with a `kernel`. Received: layer {layer.name!r}"
+                    f"`kernels_of` must list layers with a `kernel`. Received: layer {path!r}"
                 )
-        for layer in self.input_layers:
-            self.history["inputs"].setdefault(layer.name, [])
-        for layer in self.kernel_layers:
-            self.history["gradient_norms"].setdefault(layer.name, [])
+        # Layers, and the paths that name them in `history` ("outer/inner" in a nested model).
+        self.input_layers, self.input_paths = list(inputs.values()), list(inputs)
+        self.kernel_layers, self.kernel_paths = list(kernels.values()), list(kernels)
+        for path in self.input_paths:
+            self.history["inputs"].setdefault(path, [])
+        for path in self.kernel_paths:
+            self.history["gradient_norms"].setdefault(path, [])
         self._extractor = None
+
+    def _make_extractor(self):
+        """Returns a model from the model's inputs to the input of each `inputs_of` layer."""
+        model = self.model
+        if not _graph.is_graph_model(model):
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+            return keras.Model(inputs, [layer.input for layer in self.input_layers])
+        graph = _graph.trace(model)  # shares the model's layers: the same weights
+        missing = [path for path in self.input_paths if path not in graph.calls]
+        if missing:
+            raise ValueError(f"`inputs_of` lists layers that the model never calls: {missing}")
+        tensors = [graph.tensors[graph.calls[path][0].inputs[0]] for path in self.input_paths]
+        return keras.Model(graph.model.input, tensors)
 
     def _pre_activations(self):
         """Returns the pre-activation input of each `inputs_of` layer on the probe, as NumPy arrays."""
         model = self.model  # on JAX, this puts the trained weights back into the variables
         if self._extractor is None:
-            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-            self._extractor = keras.Model(inputs, [layer.input for layer in self.input_layers])
+            self._extractor = self._make_extractor()
         with _no_grad(), _saved_state(model):
             # In training mode the batch norms update their moving statistics
             # (and dropout its random state): all of it is put back.
@@ -329,11 +355,11 @@ class LayerStatistics(keras.callbacks.Callback):
         self.history["step"].append(self._step)
         if self.kernel_layers:
             norms = self._read_norms()
-            for layer, norm in zip(self.kernel_layers, norms):
-                self.history["gradient_norms"][layer.name].append(float(norm))
+            for path, norm in zip(self.kernel_paths, norms):
+                self.history["gradient_norms"][path].append(float(norm))
         if self.input_layers:
-            for layer, values in zip(self.input_layers, self._pre_activations()):
-                self.history["inputs"][layer.name].append(
+            for path, values in zip(self.input_paths, self._pre_activations()):
+                self.history["inputs"][path].append(
                     [float(p) for p in np.percentile(values.ravel(), self.percentiles)]
                 )
 

@@ -148,7 +148,7 @@ def test_a_subclassed_model_is_refused_with_its_batch_norms_named():
 
     model = Custom()
     model(np.zeros((2, 4), "float32"))
-    with pytest.raises(ValueError, match=r"inside the subclassed model 'custom' \(Custom\).*'norm'.*Nothing was converted"):
+    with pytest.raises(ValueError, match=r"inside the subclassed model 'custom' \(Custom\).*'bn'.*Nothing was converted"):
         convert_batch_norm(model)
 
 

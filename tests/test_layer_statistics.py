@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import to_numpy
 from keras_bn.layer_statistics import LayerStatistics
 
 
@@ -175,7 +176,31 @@ def test_bad_layers():
         LayerStatistics(x[:8], inputs_of=["d2"]).set_model(model)
     with pytest.raises(ValueError, match="with a `kernel`.*'bn'"):
         LayerStatistics(x[:8], kernels_of=["bn"]).set_model(model)
-    with pytest.raises(ValueError, match="does not have at its top level.*'nope'"):
+    with pytest.raises(ValueError, match=r"does not have \(a layer of a nested model is named by its path.*'nope'"):
         LayerStatistics(x[:8], inputs_of=["nope"]).set_model(model)
     with pytest.raises(TypeError, match="must list layers or layer names"):
         LayerStatistics(x[:8], kernels_of=[3]).set_model(model)
+
+
+def test_layers_of_a_nested_model_are_found_by_path_and_recorded_against_numpy():
+    # A task-like model: the network is a nested Functional model, the head sits on top.
+    keras.utils.set_random_seed(3)
+    inner_in = keras.Input((4,))
+    hidden = keras.layers.Dense(6, activation="relu", name="d1")(inner_in)
+    backbone = keras.Model(inner_in, keras.layers.BatchNormalization(name="bn")(hidden), name="backbone")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(backbone(inputs) + 1.0))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    stats = LayerStatistics(x[:8], every=4)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[stats])
+    assert stats.input_paths == ["backbone/d1"]
+    assert stats.kernel_paths == ["backbone/d1", "head"]
+    # The last record is the probe's pre-activation after the last step: x @ W + b.
+    d1 = backbone.get_layer("d1")
+    pre = x[:8] @ to_numpy(d1.kernel) + to_numpy(d1.bias)
+    np.testing.assert_allclose(
+        stats.history["inputs"]["backbone/d1"][-1], np.percentile(pre, [15, 50, 85]), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"names a layer that `model` does not have.*'d1'"):
+        LayerStatistics(x[:8], inputs_of=["d1"]).set_model(model)
