@@ -18,6 +18,10 @@ The layer and its tools:
 - [`convert_batch_norm`][keras_bn.convert_batch_norm]: replaces the
   `keras.layers.BatchNormalization` layers of a model with `ManualBatchNorm`, weights
   included.
+- [`freeze_batch_norm`][keras_bn.freeze_batch_norm] and
+  [`unfreeze_batch_norm`][keras_bn.unfreeze_batch_norm]: swap chosen batch norms
+  for a [`FrozenBatchNorm`][keras_bn.FrozenBatchNorm], which stays in inference
+  mode whatever `trainable` and `training` say, and back.
 - [`recalibrate_batch_norm`][keras_bn.recalibrate_batch_norm]: recomputes the
   moving statistics with the current weights on given batches (PreciseBN), and
   [`RecalibrateBatchNorm`][keras_bn.RecalibrateBatchNorm], the callback that does it
@@ -65,6 +69,7 @@ from keras_bn.datasets import (
 from keras_bn.feeder import BatchFeeder
 from keras_bn.convert import convert_batch_norm
 from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
+from keras_bn.frozen import FrozenBatchNorm, freeze_batch_norm, unfreeze_batch_norm
 from keras_bn.layer_statistics import LayerStatistics
 from keras_bn.models import compile_like_notebook, deep_mnist_model
 from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
@@ -74,6 +79,7 @@ __all__ = [
     "DataSplit",
     "FoldReport",
     "FoldedBatchNorm",
+    "FrozenBatchNorm",
     "LayerStatistics",
     "MNIST",
     "MNISTDownloadError",
@@ -88,9 +94,11 @@ __all__ = [
     "convert_batch_norm",
     "deep_mnist_model",
     "fold_batch_norm",
+    "freeze_batch_norm",
     "load_mnist",
     "read_idx",
     "recalibrate_batch_norm",
+    "unfreeze_batch_norm",
 ]
 
 #: Harness names that left the top level, and where they live now.

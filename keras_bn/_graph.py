@@ -294,6 +294,34 @@ class _Tracer(Rebuilder):
         return record
 
 
+def hidden(model):
+    """Returns `{path: layer}` for the layers whose call() no graph shows: the model itself if subclassed."""
+    if not is_graph_model(model):
+        return {"": model}
+    return {path: layer for path, layer in graph_layers(model).items() if _children(layer)}
+
+
+def refuse_hidden(model, is_target, caller):
+    """Raises a `ValueError` naming the `is_target` layers inside layers whose call() no graph shows."""
+    found = []
+    for where, layer in hidden(model).items():
+        prefix = where + "/" if where else ""
+        found += [path for path, inner in sublayers(layer, prefix).items() if is_target(inner)]
+    if not found:
+        return
+    if not is_graph_model(model):
+        where = f"the subclassed model {model.name!r} ({type(model).__name__}), whose call() it cannot see"
+    else:
+        where = "layers whose call() it cannot see (they are not Functional graphs)"
+    raise ValueError(
+        f"{caller} cannot replace these layers inside {where}: "
+        f"{', '.join(repr(p) for p in dict.fromkeys(found))}. Nothing was changed. Build those "
+        "layers (or the model) with the layer you want in place, e.g. ManualBatchNorm, which takes "
+        "the same arguments as keras.layers.BatchNormalization, and copy the weights with "
+        "new_model.set_weights(model.get_weights()); or build the model with the Functional API."
+    )
+
+
 def copy_opaque(model, caller):
     """Returns a built copy of a subclassed `model`, weights included, through its config."""
     try:

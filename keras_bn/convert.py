@@ -144,7 +144,7 @@ def convert_batch_norm(model, *, to="manual", **options):
             f"convert_batch_norm(to={to!r}) takes the options {', '.join(allowed)}. "
             f"Received unknown option(s): {', '.join(unknown)}"
         )
-    _check_reachable(model, source)
+    _graph.refuse_hidden(model, lambda layer: type(layer) is source, "convert_batch_norm")
 
     converted, refused = set(), []
 
@@ -172,29 +172,3 @@ def convert_batch_norm(model, *, to="manual", **options):
             "layers, whose options Keras's BatchNormalization lacks:\n  " + "\n  ".join(refused)
         )
     return new_model
-
-
-def _check_reachable(model, source):
-    """Raises a `ValueError` naming the `source` batch norms that no graph leads to, and what to do."""
-    if not _graph.is_graph_model(model):
-        hidden = {"": model}
-    else:
-        hidden = {path: layer for path, layer in _graph.sublayers(model).items()
-                  if not _graph.is_graph_model(layer) and not _graph.is_batch_norm(layer)}
-    unreachable = []
-    for where, layer in hidden.items():
-        prefix = where + "/" if where else ""
-        unreachable += [path for path, inner in _graph.sublayers(layer, prefix).items() if type(inner) is source]
-    if not unreachable:
-        return
-    if not _graph.is_graph_model(model):
-        where = f"the subclassed model {model.name!r} ({type(model).__name__}), whose call() it cannot see"
-    else:
-        where = "layers whose call() it cannot see (not a Functional graph)"
-    raise ValueError(
-        f"convert_batch_norm cannot replace the {source.__name__} layers inside {where}: "
-        f"{', '.join(repr(p) for p in dict.fromkeys(unreachable))}. Nothing was converted. "
-        f"Construct those layers with {'ManualBatchNorm' if source is not ManualBatchNorm else 'keras.layers.BatchNormalization'} "
-        "in place (it takes the same arguments) and copy the weights with "
-        "new_model.set_weights(model.get_weights()), or build the model with the Functional API."
-    )

@@ -8,10 +8,11 @@ import keras
 
 from keras_bn import _graph
 from keras_bn.batch_norm import ManualBatchNorm
+from keras_bn.frozen import FrozenBatchNorm
 
 __all__ = ["FoldReport", "FoldedBatchNorm", "fold_batch_norm"]
 
-_BATCH_NORMS = (keras.layers.BatchNormalization, ManualBatchNorm)
+_BATCH_NORMS = (keras.layers.BatchNormalization, ManualBatchNorm, FrozenBatchNorm)
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
@@ -241,7 +242,7 @@ def _hidden(where, layer, kept):
     kind = "the subclassed model" if isinstance(layer, keras.Model) else f"the {type(layer).__name__} layer"
     prefix = "" if where is None else where + "/"
     for path, inner in _graph.sublayers(layer, prefix).items():
-        if _graph.is_batch_norm(inner):
+        if isinstance(inner, _BATCH_NORMS):
             kept[path] = f"it is inside {kind} {where or layer.name!r}, whose call() keras-bn cannot see"
 
 
@@ -251,7 +252,7 @@ def _fold_graph(model):
     folded, kept, into = {}, {}, {}
     for path, calls in graph.calls.items():
         bn = calls[0].operation
-        if not _graph.is_batch_norm(bn):
+        if not isinstance(bn, _BATCH_NORMS):
             continue
         producer, reason = _why_not_foldable(path, graph)
         if producer is None:
