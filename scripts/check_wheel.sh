@@ -7,11 +7,14 @@
 # 2. `twine check --strict` on both.
 # 3. The wheel holds keras_bn/ (Python files only) and its metadata: the README as a
 #    Markdown long description, the license, classifiers, project URLs, and the
-#    `keras-bn` console script; no tests/, docs/, examples/ or data files.
+#    `keras-bn` console script with its entry module _keras_bn_cli.py (outside the
+#    package, so that --help does not import Keras); no tests/, docs/, examples/ or data
+#    files.
 # 4. A fresh virtual environment gets the wheel plus TensorFlow, and from a folder
 #    outside the checkout a smoke script imports keras_bn, checks `__version__` against
 #    the installed metadata, trains a ManualBatchNorm model one step, saves it as
-#    .keras, reloads it and compares predictions; then `keras-bn --help` must run.
+#    .keras, reloads it and compares predictions; then `keras-bn --help` must run and
+#    `keras-bn --version` print the version.
 #
 # Any failure stops the script with a message and a non-zero status.
 set -euo pipefail
@@ -88,14 +91,15 @@ with zipfile.ZipFile(wheel_path) as wheel:
 
 for name in names:
     top = name.split("/", 1)[0]
-    if top not in ("keras_bn", dist_info):
+    if top not in ("keras_bn", "_keras_bn_cli.py", dist_info):
         problems.append(f"unexpected top-level entry in the wheel: {name}")
     elif top == "keras_bn" and not name.endswith((".py", "/py.typed")):
         problems.append(f"non-Python file in the wheel's package: {name}")
 for banned in ("tests/", "docs/", "examples/", "scripts/"):
     if any(f"/{banned}" in f"/{name}" for name in names):
         problems.append(f"the wheel holds {banned}")
-for required in ("keras_bn/__init__.py", "keras_bn/batch_norm.py", "keras_bn/experiment/cli.py"):
+for required in ("keras_bn/__init__.py", "keras_bn/batch_norm.py", "keras_bn/experiment/cli.py",
+                 "_keras_bn_cli.py"):
     if required not in names:
         problems.append(f"the wheel lacks {required}")
 if not any(re.match(rf"{dist_info}/(licenses/)?LICENSE", name) for name in names):
@@ -122,9 +126,9 @@ if not urls:
     problems.append("no Project-URL")
 if not any(req.startswith("keras") for req in field("Requires-Dist")):
     problems.append(f"keras is not a requirement: {field('Requires-Dist')}")
-if not re.search(r"^\[console_scripts\]\s*$[^\[]*^keras-bn\s*=\s*keras_bn\.experiment\.cli:main\s*$",
+if not re.search(r"^\[console_scripts\]\s*$[^\[]*^keras-bn\s*=\s*_keras_bn_cli:main\s*$",
                  entry_points, re.M):
-    problems.append(f"no `keras-bn = keras_bn.experiment.cli:main` console script: {entry_points!r}")
+    problems.append(f"no `keras-bn = _keras_bn_cli:main` console script: {entry_points!r}")
 
 with tarfile.open(sdist_path) as sdist:
     members = [m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name]
@@ -219,5 +223,14 @@ grep -q "usage: keras-bn" "$TMP/help.txt" || {
     fail "keras-bn --help printed no usage line"
 }
 echo "   $(head -n 1 "$TMP/help.txt")"
+
+echo "== keras-bn --version"
+VERSION=$(cd "$OUTSIDE" && PYTHONPATH= "$TMP/venv/bin/keras-bn" --version 2>"$TMP/version.log") || {
+    cat "$TMP/version.log" >&2
+    fail "keras-bn --version"
+}
+[ "$VERSION" = "keras-bn $("$VPY" -c 'import importlib.metadata as m; print(m.version("keras-bn"))')" ] ||
+    fail "keras-bn --version printed '$VERSION'"
+echo "   $VERSION"
 
 echo "check_wheel: OK"

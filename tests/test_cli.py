@@ -153,5 +153,69 @@ def test_the_example_script_is_the_cli():
                            "--batches", "0"], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 2
-    assert "usage: keras-bn [-h] [--variants LIST]" in proc.stderr
+    assert "usage: keras-bn [-h] [--version] [--variants LIST]" in proc.stderr
     assert "--batches: `batches` must be a positive int. Received: batches=0" in proc.stderr
+
+
+def test_version_prints_the_packages_version(capsys):
+    import keras_bn
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"keras-bn {keras_bn.__version__}\n"
+
+
+#: Runs the installed `keras-bn` console script's target in a fresh process on the
+#: arguments given, then prints, as JSON on the last line of stderr, its exit status, Keras
+#: and the backends among the modules it imported, and whether keras_bn was imported whole.
+_RUN_ENTRY_POINT = """
+import importlib.metadata, json, sys
+(entry,) = importlib.metadata.entry_points(group="console_scripts", name="keras-bn")
+try:
+    status = entry.load()(sys.argv[1:])
+except SystemExit as stop:
+    status = stop.code
+imported = {name.partition(".")[0] for name in sys.modules}
+print(json.dumps([status, sorted(imported & {"keras", "tensorflow", "jax", "torch"}),
+                  hasattr(sys.modules.get("keras_bn"), "ManualBatchNorm")]), file=sys.stderr)
+"""
+
+
+def _run_entry_point(argv, tmp_path):
+    """Runs the `keras-bn` console script's target on `argv` in a fresh process.
+
+    Returns `(status, heavy, whole, stdout, stderr)`: the exit status, Keras and the
+    backends among the modules imported, and whether `keras_bn` was imported whole.
+    """
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _RUN_ENTRY_POINT, *map(str, argv)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err, _, last = proc.stderr.rstrip("\n").rpartition("\n")
+    status, heavy, whole = json.loads(last)
+    return status, heavy, whole, proc.stdout, err
+
+
+@pytest.mark.parametrize("argv, status, text", [
+    (["--help"], 0, "usage: keras-bn [-h] [--version]"),
+    (["--version"], 0, "keras-bn "),
+    (["--no-such-flag"], 2, "unrecognized arguments: --no-such-flag"),
+    (["--batches", "0"], 2, "`batches` must be a positive int. Received: batches=0"),
+])
+def test_help_version_and_bad_arguments_do_not_import_keras(argv, status, text, tmp_path):
+    """The console script answers these before Keras and the backend are imported (seconds)."""
+    got_status, heavy, whole, out, err = _run_entry_point(argv, tmp_path)
+    assert got_status == status
+    assert text in (out if status == 0 else err)
+    assert heavy == [] and not whole, f"{argv} imported {heavy}"
+
+
+def test_the_entry_point_runs_the_command_with_the_whole_package(tmp_path):
+    """After parsing, the console script imports keras_bn for real and runs the command."""
+    missing = tmp_path / "no_mnist_here"
+    status, heavy, whole, _, err = _run_entry_point(
+        ["--variants", "none", "--batches", "1", "--data-dir", missing, "--out", tmp_path / "out"],
+        tmp_path)
+    assert status == 1 and "keras-bn: error: " in err and str(missing) in err
+    assert "keras" in heavy and whole

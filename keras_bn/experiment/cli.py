@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import importlib.metadata
 import shlex
 import sys
 
@@ -36,6 +37,22 @@ def _option(parser, name, help, convert=int, **kwargs):
                         help=f"{help} (default: {shown})", **kwargs)
 
 
+def _version():
+    """Returns keras-bn's version, read from the installed metadata when there is some.
+
+    setuptools writes the metadata's version from `keras_bn.__version__`; reading the
+    metadata does not import the package, so `keras-bn --version` answers before Keras is
+    imported. A checkout run without being installed has no metadata, and has imported
+    the package already.
+    """
+    try:
+        return importlib.metadata.version("keras-bn")
+    except importlib.metadata.PackageNotFoundError:
+        from keras_bn import __version__
+
+        return __version__
+
+
 def build_parser():
     """Returns the `argparse.ArgumentParser` of the `keras-bn` command."""
     parser = argparse.ArgumentParser(prog="keras-bn", description=(
@@ -43,6 +60,7 @@ def build_parser():
         "normalization, with keras.layers.BatchNormalization and with keras_bn.ManualBatchNorm "
         "(same seed, same batches), print the notebook's log and a summary, and write "
         "results.json and curves.png to a run folder under OUT named by the settings."))
+    parser.add_argument("--version", action="version", version=f"keras-bn {_version()}")
     _option(parser, "variants", f"comma-separated variants from {','.join(VARIANTS)}", str,
             metavar="LIST")
     _option(parser, "batches", "training batches per variant")

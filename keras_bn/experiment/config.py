@@ -5,8 +5,6 @@ import functools
 import hashlib
 import json
 
-import keras
-
 from keras_bn import _checks
 
 __all__ = ["DESCRIPTIONS", "VARIANTS", "ExperimentError", "RunConfig"]
@@ -29,6 +27,8 @@ class ExperimentError(ValueError):
 
 def _initializer(name, value):
     """Returns a JSON-serializable `kernel_initializer`: a name, or an initializer's config."""
+    import keras  # Here, not at the top: the `keras-bn` command parses without Keras.
+
     if isinstance(value, keras.initializers.Initializer):
         return json.loads(json.dumps(keras.initializers.serialize(value)))
     if value != "notebook":
@@ -40,6 +40,13 @@ def _initializer(name, value):
                 f"Received: {name}={value!r}"
             ) from None
     return value
+
+
+def _backend():
+    """Returns the name of Keras's backend (Keras is imported here, not by the module)."""
+    import keras
+
+    return keras.backend.backend()
 
 
 #: The values of `RunConfig.distribute` besides `None`, and the strategy each trains with.
@@ -152,7 +159,7 @@ class RunConfig:
     distribute: str = None
     recalibrate: int = None
     plot_activations: bool = False
-    backend: str = dataclasses.field(default_factory=lambda: keras.backend.backend())
+    backend: str = dataclasses.field(default_factory=_backend)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
