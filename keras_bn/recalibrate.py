@@ -3,30 +3,25 @@ r"""Recompute the moving statistics of every batch norm in a model: PreciseBN fo
 `recalibrate_batch_norm` replaces the exponential moving averages, which mix
 statistics computed with weights that have changed since, by statistics of the
 current weights on a given set of batches. `RecalibrateBatchNorm` does it before
-each evaluation and puts the training's own averages back afterwards.
+each evaluation and puts the training's own averages back afterwards. The
+training-mode passes themselves, per backend, live in `keras_bn._batch_statistics`.
 """
 
 import contextlib
-import functools
-import itertools
 import warnings
-import weakref
 
 import keras
 import numpy as np
 
+from keras_bn import _batch_statistics as passes
+from keras_bn import _precise_bn
+from keras_bn._batch_statistics import _no_grad, _saved_state  # also imported from here
 from keras_bn.batch_norm import ManualBatchNorm
 
 __all__ = ["RecalibrateBatchNorm", "recalibrate_batch_norm"]
 
 _ESTIMATORS = ("population", "batch_mean")
-# What a training-mode call with momentum 0 leaves in these variables is the
-# batch's own statistics; everything else a layer keeps is put back.
-_RESET_VALUES = {"moving_mean": 0.0, "moving_variance": 1.0, "moving_stddev": 1.0}
-# JAX: the compiled training-mode step of each model, see _jax_batch_statistics.
-_JAX_STEPS = weakref.WeakKeyDictionary()
-# TensorFlow: the traced training-mode call of each model, see _tf_forward.
-_TF_STEPS = weakref.WeakKeyDictionary()
+_DROPOUT_MODES = ("inference", "training")
 
 
 def batch_norm_layers(model):
@@ -43,19 +38,7 @@ def batch_norm_layers(model):
     Returns:
         A list of layers.
     """
-    found, seen = [], set()
-
-    def walk(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, (keras.layers.BatchNormalization, ManualBatchNorm)):
-            found.append(layer)
-        for child in getattr(layer, "layers", None) or ():
-            walk(child)
-
-    walk(model)
-    return found
+    return passes.layers_of(model, (keras.layers.BatchNormalization, ManualBatchNorm))
 
 
 def _check_steps(steps):
@@ -78,230 +61,31 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
-def _inputs(batch):
-    """Returns the model inputs `x` of a batch given as `x`, `(x,)`, `(x, y)` or `(x, y, w)`."""
-    return keras.utils.unpack_x_y_sample_weight(batch)[0]
-
-
-def _batches(data, batch_size):
-    """Yields the model inputs of each batch of `data`, as NumPy arrays or structures of them."""
-    if isinstance(data, (str, bytes, dict)):
-        raise TypeError(
-            "`data` must be an array, a tf.data.Dataset, a keras.utils.PyDataset "
-            f"or an iterable of batches. Received: data of type {type(data).__name__}"
+def _check_options(estimator, dropout, include_frozen):
+    """Raises naming the argument if `estimator`, `dropout` or `include_frozen` is invalid."""
+    if estimator not in _ESTIMATORS:
+        raise ValueError(
+            f"`estimator` must be one of {_ESTIMATORS}. Received: estimator={estimator!r}"
         )
-    if isinstance(data, np.ndarray) or keras.ops.is_tensor(data):
-        array = np.asarray(keras.ops.convert_to_numpy(data))
-        if array.ndim == 0:
-            raise ValueError(
-                "`data` as an array needs a batch axis first. "
-                f"Received: an array of shape {array.shape}"
-            )
-        for start in range(0, len(array), batch_size):
-            yield array[start : start + batch_size]
-        return
-    if isinstance(data, keras.utils.PyDataset):
-        try:
-            count = len(data)
-        except TypeError:
-            count = None
-        index = 0
-        while count is None or index < count:
-            yield _inputs(data[index])
-            index += 1
-        return
-    if hasattr(data, "as_numpy_iterator"):  # a tf.data.Dataset
-        data = data.as_numpy_iterator()
-    try:
-        iterator = iter(data)
-    except TypeError:
-        raise TypeError(
-            "`data` must be an array, a tf.data.Dataset, a keras.utils.PyDataset "
-            f"or an iterable of batches. Received: data of type {type(data).__name__}"
-        ) from None
-    for batch in iterator:
-        yield _inputs(batch)
-
-
-def _variables(layer):
-    """Returns the layer's non-trainable variables by their short name (`moving_mean`, ...)."""
-    return {v.name.split("/")[-1]: v for v in layer.non_trainable_variables}
-
-
-def _value(variable):
-    """Returns the current value of a Keras variable as a NumPy array (a copy)."""
-    value = variable.value
-    # NumPy 2 warns when it converts a tf.Variable or a torch Parameter itself.
-    if keras.backend.backend() == "tensorflow":
-        value = value.read_value()
-    elif keras.backend.backend() == "torch":
-        return value.detach().cpu().numpy().copy()
-    return np.array(keras.ops.convert_to_numpy(value))
-
-
-def _snapshot(variables):
-    """Returns the current values of `variables` as NumPy arrays."""
-    return [_value(v) for v in variables]
-
-
-def _restore(variables, values):
-    """Assigns each saved value back to its variable."""
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-
-
-@contextlib.contextmanager
-def _saved_state(model):
-    """Puts back every non-trainable variable of `model` (moving statistics, RNG states) on exit."""
-    variables = list(model.non_trainable_variables)
-    values = _snapshot(variables)
-    try:
-        yield
-    finally:
-        _restore(variables, values)
-
-
-def _strategy_scope(model):
-    """Returns the scope of the model's `tf.distribute` strategy, or a null context."""
-    strategy = getattr(model, "distribute_strategy", None)
-    if keras.backend.backend() == "tensorflow" and strategy is not None:
-        return strategy.scope()
-    return contextlib.nullcontext()
-
-
-def _no_grad():
-    """Returns `torch.no_grad()` on the PyTorch backend (a forward pass needs no graph), else a null context."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.no_grad()
-    return contextlib.nullcontext()
-
-
-def _tf_forward(model):
-    """Returns `model` as a `tf.function` on TensorFlow outside a strategy, else `model` itself.
-
-    Eager TensorFlow runs a deep network op by op, an order of magnitude
-    slower than one traced call. The trace sees each layer's momentum as 0,
-    which it always is during a recalibration, and is kept for the next one
-    (the callback recalibrates at every evaluation).
-    """
-    if keras.backend.backend() != "tensorflow":
-        return model
-    import tensorflow as tf
-
-    strategy = getattr(model, "distribute_strategy", None)
-    if tf.distribute.has_strategy() or strategy not in (None, tf.distribute.get_strategy()):
-        return model
-    forward = _TF_STEPS.get(model)
-    if forward is None:
-        forward = tf.function(lambda x, training: model(x, training=training),
-                              reduce_retracing=True)
-        _TF_STEPS[model] = forward
-    return forward
-
-
-def _batch_statistics(model, layers, x):
-    """Runs `model` on `x` in training mode; returns each layer's `(mean, variance)` for this batch.
-
-    Every layer's momentum is 0 here, so the moving statistics it leaves are
-    exactly the statistics of this batch as the layer computes them; they are
-    reset to 0 and 1 first so that a non-finite old value cannot leak in as
-    `inf * 0`. The layers' other state (renorm's averages) is put back before
-    the call, so each batch is normalized from the same state.
-    """
-    for layer, saved in layers:
-        variables = _variables(layer)
-        for name, value in saved.items():
-            if name in _RESET_VALUES:
-                value = np.full_like(value, _RESET_VALUES[name])
-            variables[name].assign(value)
-    model(x, training=True)
-    return [
-        (
-            _value(layer.moving_mean).astype(np.float64),
-            _value(layer.moving_variance).astype(np.float64),
+    if dropout not in _DROPOUT_MODES:
+        raise ValueError(
+            f"`dropout` must be one of {_DROPOUT_MODES}. Received: dropout={dropout!r}"
         )
-        for layer, _ in layers
-    ]
-
-
-def _jax_batch_statistics(model, layers):
-    """Returns a jitted JAX version of `_batch_statistics(model, layers, x)`, a function of `x`.
-
-    Eager JAX runs a deep network op by op, orders of magnitude slower than
-    one compiled call. `stateless_call` returns the moving statistics the
-    training-mode pass would assign; they are read there, and every layer's
-    other state is passed in again unchanged, as in the eager path. The
-    momentum of 0 is traced into the function, which lives only as long as
-    the recalibration does. Random states (dropout) are carried from batch to
-    batch, as in training.
-    """
-    import jax
-
-    variables = model.non_trainable_variables
-    index = {id(v): i for i, v in enumerate(variables)}
-    fixed = {}
-    for layer, saved in layers:
-        by_name = _variables(layer)
-        for name, value in saved.items():
-            if name in _RESET_VALUES:
-                value = np.full_like(value, _RESET_VALUES[name])
-            fixed[index[id(by_name[name])]] = value
-    targets = [(index[id(layer.moving_mean)], index[id(layer.moving_variance)]) for layer, _ in layers]
-    trainable = [v.value for v in model.trainable_variables]
-    state = [fixed.get(i, v.value) for i, v in enumerate(variables)]
-
-    # One compiled step per model and set of layers, kept for later calls (the
-    # callback recalibrates at every evaluation): compiling a deep network
-    # costs seconds. It depends on the structure only; values come as arguments.
-    key = (tuple(targets), tuple(sorted(fixed)), len(variables), len(trainable))
-    cached = _JAX_STEPS.get(model)
-    if cached is not None and cached[0] == key:
-        step = cached[1]
-    else:
-        fixed_positions = frozenset(fixed)
-
-        @jax.jit
-        def step(trainable, state, x):
-            _, new = model.stateless_call(trainable, state, x, training=True)
-            statistics = [(new[i], new[j]) for i, j in targets]
-            return statistics, [
-                state[i] if i in fixed_positions else v for i, v in enumerate(new)
-            ]
-
-        _JAX_STEPS[model] = (key, step)
-
-    def run(x):
-        nonlocal state
-        statistics, state = step(trainable, state, x)
-        return [(np.asarray(m, np.float64), np.asarray(v, np.float64)) for m, v in statistics]
-
-    return run
-
-
-def _assign_estimate(layer, means, variances, squares, count, estimator):
-    """Assigns the averaged statistics of `count` batches to `layer`'s moving statistics."""
-    mean = means / count
-    variance = variances / count
-    if estimator == "population":
-        # Law of total variance: the variance of all values is the mean of the
-        # batch variances plus the variance of the batch means. The clamp
-        # removes the rounding of `E[m^2] - E[m]^2` when the means agree.
-        variance = variance + np.maximum(squares / count - mean * mean, 0.0)
-    layer.moving_mean.assign(mean.astype("float32"))
-    layer.moving_variance.assign(variance.astype("float32"))
-    variables = _variables(layer)
-    if "moving_stddev" in variables:
-        # Renorm keeps the standard deviation; its moving_variance is stddev^2 - eps.
-        variables["moving_stddev"].assign(np.sqrt(variance + layer.epsilon).astype("float32"))
-    if "num_batches_tracked" in variables:
-        # ManualBatchNorm(momentum=None): a cumulative average over `count` batches.
-        variables["num_batches_tracked"].assign(count)
+    if not isinstance(include_frozen, bool):
+        raise TypeError(
+            f"`include_frozen` must be a bool. Received: include_frozen={include_frozen!r}"
+        )
 
 
 def recalibrate_batch_norm(
-    model, data, *, steps=None, batch_size=32, estimator="population"
+    model,
+    data,
+    *,
+    steps=None,
+    batch_size=32,
+    estimator="population",
+    dropout="inference",
+    include_frozen=False,
 ):
     r"""Recomputes the moving mean and variance of every batch norm in `model` from `data`.
 
@@ -336,6 +120,16 @@ def recalibrate_batch_norm(
     smaller by the variance of the batch means. Every batch counts the same,
     a short last batch included.
 
+    Dropout layers (`Dropout` and its spatial variants, `GaussianDropout`,
+    `GaussianNoise`, `AlphaDropout`) run in inference mode during the passes
+    by default (`dropout="inference"`), so that a batch norm after a dropout
+    sees the inputs it will see at inference: with dropout in training mode
+    the recomputed variance includes the dropout's extra variance, the
+    "variance shift" of Li et al. (2019), about twice the inference variance
+    after `Dropout(0.5)` (see the recalibration guide for the measurement).
+    `dropout="training"` keeps them in training mode, as PreciseBN and
+    `update_bn` do.
+
     The batch statistics are the layer's own: the biased variance for
     `keras.layers.BatchNormalization`; for `ManualBatchNorm`, the unbiased
     variance with `unbiased_variance=True`, the mean over ghost batches of
@@ -348,22 +142,25 @@ def recalibrate_batch_norm(
 
     Nothing else changes: no trainable weight, no optimizer variable, and every
     other non-trainable variable (renorm's averages, the random state of
-    dropout layers) is put back as it was, as is each layer's `momentum`, even
-    when an error interrupts the passes. Under a `tf.distribute` strategy each
-    batch is run whole, in the strategy's cross-replica context, so the
-    statistics are those of the global batch whether or not the layers are
-    `synchronized`.
+    dropout layers) is put back as it was, as is each layer's `momentum` and
+    `trainable` flag, even when an error interrupts the passes. Under a
+    `tf.distribute` strategy each batch is run whole, in the strategy's
+    cross-replica context, so the statistics are those of the global batch
+    whether or not the layers are `synchronized`.
 
-    !!! warning "Frozen layers are left alone"
+    !!! warning "Frozen layers are left alone, unless `include_frozen=True`"
         A batch-norm layer with `trainable=False` (or inside a frozen model)
-        runs in inference mode in Keras, even in training mode, so it is not
-        recalibrated and it normalizes with its moving statistics during the
-        passes. This is what fine-tuning wants.
+        runs in inference mode in Keras, even in training mode, so by default
+        it is not recalibrated and it normalizes with its moving statistics
+        during the passes. This is what fine-tuning wants. With
+        `include_frozen=True` it is made trainable for the passes,
+        recalibrated like the others, and frozen again.
 
     Args:
         model: A built Keras model with at least one trainable batch-norm
             layer (`keras.layers.BatchNormalization` or `ManualBatchNorm`),
-            possibly in nested models.
+            possibly in nested models; with `include_frozen=True`, at least
+            one batch-norm layer.
         data: The batches: a NumPy array (or backend tensor) of inputs, cut
             into batches of `batch_size`; a `keras.utils.PyDataset` such as
             `keras_bn.BatchFeeder`; a `tf.data.Dataset`; or any iterable of
@@ -375,14 +172,21 @@ def recalibrate_batch_norm(
         batch_size: Batch size when `data` is an array. Defaults to `32`.
         estimator: `"population"` or `"batch_mean"`, the variance estimate
             above. Defaults to `"population"`.
+        dropout: `"inference"` or `"training"`, the mode of the dropout
+            layers during the passes. Defaults to `"inference"`.
+        include_frozen: Whether to recalibrate the frozen batch norms
+            (`trainable=False`) too; their `trainable` flag is put back
+            afterwards. Defaults to `False`.
 
     Returns:
         The number of batches used, `n`.
 
     Raises:
-        ValueError: if the model has no trainable batch-norm layer, `data`
-            has no batch, or `steps`, `batch_size` or `estimator` is invalid.
-        TypeError: if `data` is not one of the accepted kinds.
+        ValueError: if the model has no batch-norm layer to recalibrate,
+            `data` has no batch, or `steps`, `batch_size`, `estimator` or
+            `dropout` is invalid.
+        TypeError: if `data` is not one of the accepted kinds, or
+            `include_frozen` is not a bool.
 
     Example:
 
@@ -401,57 +205,18 @@ def recalibrate_batch_norm(
     True
 
     Reference:
-        Yuxin Wu and Justin Johnson, "Rethinking 'Batch' in BatchNorm", 2021,
-        [arXiv:2105.07576](https://arxiv.org/abs/2105.07576).
+        - Yuxin Wu and Justin Johnson, "Rethinking 'Batch' in BatchNorm", 2021,
+          [arXiv:2105.07576](https://arxiv.org/abs/2105.07576).
+        - Xiang Li, Shuo Chen, Xiaolin Hu and Jian Yang, "Understanding the
+          Disharmony between Dropout and Batch Normalization by Variance
+          Shift", CVPR 2019, [arXiv:1801.05134](https://arxiv.org/abs/1801.05134).
     """
     steps = _check_steps(steps)
     batch_size = _check_batch_size(batch_size)
-    if estimator not in _ESTIMATORS:
-        raise ValueError(
-            f"`estimator` must be one of {_ESTIMATORS}. Received: estimator={estimator!r}"
-        )
-    layers = [layer for layer in batch_norm_layers(model) if layer.trainable]
-    if not layers:
-        raise ValueError(
-            "`model` has no trainable batch-norm layer (keras.layers.BatchNormalization "
-            "or keras_bn.ManualBatchNorm) to recalibrate; frozen layers are left "
-            f"alone. Received: model {model.name!r}"
-        )
-    if not all(layer.built for layer in layers):
-        raise ValueError(
-            "`model` must be built (called once, or created with keras.Input) before "
-            f"its batch norms can be recalibrated. Received: model {model.name!r}"
-        )
-
-    momenta = [layer.momentum for layer in layers]
-    totals = None
-    count = 0
-    with _strategy_scope(model), _no_grad():
-        with _saved_state(model):
-            saved = [
-                (layer, dict(zip(_variables(layer), _snapshot(_variables(layer).values()))))
-                for layer in layers
-            ]
-            try:
-                for layer in layers:
-                    layer.momentum = 0.0
-                if keras.backend.backend() == "jax":
-                    run = _jax_batch_statistics(model, saved)
-                else:
-                    run = functools.partial(_batch_statistics, _tf_forward(model), saved)
-                # islice stops before drawing a batch too many from an iterator.
-                for x in itertools.islice(_batches(data, batch_size), steps):
-                    statistics = run(x)
-                    if totals is None:
-                        totals = [[np.zeros_like(m)] * 3 for m, _ in statistics]
-                    for total, (mean, variance) in zip(totals, statistics):
-                        total[0] = total[0] + mean
-                        total[1] = total[1] + variance
-                        total[2] = total[2] + mean * mean
-                    count += 1
-            finally:
-                for layer, momentum in zip(layers, momenta):
-                    layer.momentum = momentum
+    _check_options(estimator, dropout, include_frozen)
+    layers = _precise_bn.select_layers(model, batch_norm_layers(model), include_frozen)
+    with passes.strategy_scope(model), _no_grad():
+        totals, count = _precise_bn.collect(model, layers, data, batch_size, steps, dropout)
         # Everything is back as it was; now the new statistics go in.
         if count == 0:
             raise ValueError(
@@ -459,7 +224,7 @@ def recalibrate_batch_norm(
                 f"Received: data of type {type(data).__name__}"
             )
         for layer, (means, variances, squares) in zip(layers, totals):
-            _assign_estimate(layer, means, variances, squares, count, estimator)
+            _precise_bn.assign_estimate(layer, means, variances, squares, count, estimator)
     if steps is not None and count < steps:
         warnings.warn(
             f"`data` ran out after {count} batches; recalibrated on those instead of "
@@ -488,9 +253,9 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     iterator continues where it stopped. Give the callback its own data
     source, not the feeder that `fit` draws from.
 
-    A model without any trainable batch norm is evaluated as it is (nothing
-    to recalibrate), so one callback list can serve every model variant of an
-    experiment; `last_num_batches` is then 0.
+    A model without any batch norm to recalibrate is evaluated as it is, so
+    one callback list can serve every model variant of an experiment;
+    `last_num_batches` is then 0.
 
     Args:
         data: Training batches, as for `recalibrate_batch_norm`.
@@ -499,6 +264,11 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         batch_size: Batch size when `data` is an array. Defaults to `32`.
         estimator: `"population"` or `"batch_mean"`, as for
             `recalibrate_batch_norm`. Defaults to `"population"`.
+        dropout: `"inference"` or `"training"`, the mode of the dropout
+            layers during the passes, as for `recalibrate_batch_norm`.
+            Defaults to `"inference"`.
+        include_frozen: Whether to recalibrate the frozen batch norms too, as
+            for `recalibrate_batch_norm`. Defaults to `False`.
 
     Example:
 
@@ -517,16 +287,24 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     2
     """
 
-    def __init__(self, data, *, steps=None, batch_size=32, estimator="population"):
+    def __init__(
+        self,
+        data,
+        *,
+        steps=None,
+        batch_size=32,
+        estimator="population",
+        dropout="inference",
+        include_frozen=False,
+    ):
         super().__init__()
         self.data = data
         self.steps = _check_steps(steps)
         self.batch_size = _check_batch_size(batch_size)
-        if estimator not in _ESTIMATORS:
-            raise ValueError(
-                f"`estimator` must be one of {_ESTIMATORS}. Received: estimator={estimator!r}"
-            )
+        _check_options(estimator, dropout, include_frozen)
         self.estimator = estimator
+        self.dropout = dropout
+        self.include_frozen = include_frozen
         self.last_num_batches = None
         self._evaluation = None
 
@@ -534,17 +312,20 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     def recalibrated(self):
         """Context manager: recalibrated statistics inside, the training's own restored on exit."""
         model = self.model
-        if not any(layer.trainable for layer in batch_norm_layers(model)):
+        layers = batch_norm_layers(model)
+        if not any(self.include_frozen or layer.trainable for layer in layers):
             self.last_num_batches = 0
             yield model
             return
-        with _strategy_scope(model), _saved_state(model):
+        with passes.strategy_scope(model), _saved_state(model):
             self.last_num_batches = recalibrate_batch_norm(
                 model,
                 self.data,
                 steps=self.steps,
                 batch_size=self.batch_size,
                 estimator=self.estimator,
+                dropout=self.dropout,
+                include_frozen=self.include_frozen,
             )
             yield model
 

@@ -411,3 +411,129 @@ def test_images_statistics_over_batch_height_and_width():
         np.testing.assert_allclose(
             _np(layer.moving_variance), np.mean([v[i] for v in variances], axis=0), rtol=1e-5, atol=1e-5
         )
+
+
+# -- dropout in inference mode, frozen layers included ----------------------------
+
+
+def _dropout_model(layer):
+    """Dense -> `layer` (a dropout) -> ManualBatchNorm -> Dense: the batch norm sees the dropout."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(6, name="dense")(inputs)
+    h = ManualBatchNorm(name="bn")(layer(h))
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.layers.Dropout(0.5, seed=1),
+        lambda: keras.layers.GaussianDropout(0.5, seed=1),
+        lambda: keras.layers.GaussianNoise(1.0, seed=1),
+        lambda: keras.layers.AlphaDropout(0.5, seed=1),
+    ],
+    ids=["Dropout", "GaussianDropout", "GaussianNoise", "AlphaDropout"],
+)
+def test_dropout_inference_sees_the_inference_inputs(make):
+    x, _ = _data(n=512)
+    model = _dropout_model(make())
+    dense, bn = model.get_layer("dense"), model.get_layer("bn")
+    h = x.astype(np.float64) @ _np(dense.kernel) + _np(dense.bias)
+    recalibrate_batch_norm(model, x, batch_size=64)  # the default: dropout="inference"
+    np.testing.assert_allclose(_np(bn.moving_mean), h.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_np(bn.moving_variance), h.var(axis=0), rtol=1e-5, atol=1e-5)
+    recalibrate_batch_norm(model, x, batch_size=64, dropout="training")
+    # Training-mode noise changes the variance: GaussianNoise(1.0) adds 1 per channel,
+    # the others change it more; sampling error over 512 rows is a fraction of that.
+    assert np.mean(np.abs(_np(bn.moving_variance) - h.var(axis=0))) > 0.5
+    # The dropout layer is itself again: noisy in training mode, the identity in inference.
+    dropout = model.layers[2]
+    assert "call" not in vars(dropout)
+    noisy = _np(dropout(h.astype("float32"), training=True))
+    assert not np.allclose(noisy, h, atol=1e-3)
+
+
+def test_dropout_training_matches_dropout_s_own_variance():
+    """`dropout="training"`: E[var] of inverted dropout is (E[h^2] / (1 - p) - E[h]^2), per channel."""
+    x, _ = _data(n=4096)
+    model = _dropout_model(keras.layers.Dropout(0.5, seed=1))
+    dense, bn = model.get_layer("dense"), model.get_layer("bn")
+    h = x.astype(np.float64) @ _np(dense.kernel) + _np(dense.bias)
+    recalibrate_batch_norm(model, x, batch_size=256, dropout="training")
+    expected = (h * h).mean(axis=0) / 0.5 - h.mean(axis=0) ** 2
+    np.testing.assert_allclose(_np(bn.moving_variance), expected, rtol=0.1)
+
+
+def test_include_frozen_recalibrates_frozen_layers_and_keeps_them_frozen():
+    x, _ = _data()
+    model = _model()
+    _scramble(model)
+    frozen = model.get_layer("bn1")
+    frozen.trainable = False
+    with pytest.raises(ValueError, match="unless include_frozen=True"):
+        recalibrate_batch_norm(_frozen_copy(), x)
+    recalibrate_batch_norm(model, x, batch_size=32, include_frozen=True)
+    assert frozen.trainable is False
+    assert {v.name for v in frozen.trainable_variables} == set()
+    # All layers as if none were frozen: the NumPy reference in training mode.
+    expected = _reference(model, [x[:32], x[32:64], x[64:]], "population")
+    for name, (mean, variance) in _statistics(model).items():
+        np.testing.assert_allclose(mean, expected[name][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(variance, expected[name][1], rtol=1e-5, atol=1e-5)
+
+
+def _frozen_copy():
+    """`_model()` with the whole model frozen: no trainable batch norm."""
+    model = _model()
+    model.trainable = False
+    return model
+
+
+def test_include_frozen_on_a_frozen_model_then_without():
+    """A frozen model recalibrates with include_frozen; the trace kept for it is not reused wrongly."""
+    x, _ = _data()
+    model = _frozen_copy()
+    _scramble(model)
+    recalibrate_batch_norm(model, x, batch_size=32, include_frozen=True)
+    assert not model.trainable and not any(layer.trainable for layer in batch_norm_layers(model))
+    expected = _reference(model, [x[:32], x[32:64], x[64:]], "population")
+    np.testing.assert_allclose(_statistics(model)["bn2"][1], expected["bn2"][1], rtol=1e-5, atol=1e-5)
+    # Now only bn2 is trainable: bn1 normalizes with its (new) moving statistics.
+    model.get_layer("inner").trainable = True
+    bn1 = model.get_layer("bn1")
+    recalibrate_batch_norm(model, x, batch_size=32)
+    h1 = x.astype(np.float64) @ _np(model.get_layer("dense1").kernel) + _np(model.get_layer("dense1").bias)
+    out1 = _np(bn1.gamma) * (h1 - _np(bn1.moving_mean)) / np.sqrt(_np(bn1.moving_variance) + bn1.epsilon)
+    inner = model.get_layer("inner")
+    dense2 = inner.get_layer("dense2")
+    h2 = np.maximum(out1 + _np(bn1.beta), 0.0) @ _np(dense2.kernel) + _np(dense2.bias)
+    np.testing.assert_allclose(_statistics(model)["bn2"][1], h2.var(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_callback_include_frozen():
+    x, y = _data()
+    model = _frozen_copy()
+    model.compile(optimizer="sgd", loss="mse")
+    skipped = RecalibrateBatchNorm(x, batch_size=32)
+    model.evaluate(x, y, callbacks=[skipped], verbose=0)
+    assert skipped.last_num_batches == 0
+    callback = RecalibrateBatchNorm(x, batch_size=32, include_frozen=True, dropout="training")
+    model.evaluate(x, y, callbacks=[callback], verbose=0)
+    assert callback.last_num_batches == 3
+    assert not any(layer.trainable for layer in batch_norm_layers(model))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dropout": "off"}, ValueError, r"`dropout` must be one of \('inference', 'training'\). Received: dropout='off'"),
+        ({"include_frozen": "yes"}, TypeError, r"`include_frozen` must be a bool. Received: include_frozen='yes'"),
+    ],
+)
+def test_bad_dropout_and_include_frozen(kwargs, error, match):
+    x, _ = _data()
+    with pytest.raises(error, match=match):
+        recalibrate_batch_norm(_model(), x, **kwargs)
+    with pytest.raises(error, match=match):
+        RecalibrateBatchNorm(x, **kwargs)
