@@ -4,7 +4,10 @@ import math
 
 import numpy as np
 
-__all__ = ["learning_rate", "names", "non_negative_int", "positive_int", "seeds"]
+__all__ = ["DROPOUT_MODES", "learning_rate", "names", "non_negative_int", "one_of", "positive_int", "seeds"]
+
+#: The modes of the dropout layers while `recalibrate_batch_norm` collects statistics.
+DROPOUT_MODES = ("inference", "training")
 
 
 def _is_int(value):
@@ -23,6 +26,13 @@ def positive_int(name, value, *, allow_none=False):
         rule = "a positive int, or None to turn it off" if allow_none else "a positive int"
         raise ValueError(f"`{name}` must be {rule}. Received: {name}={value!r}")
     return int(value)
+
+
+def one_of(name, value, allowed):
+    """Returns `value`, or raises a `ValueError` naming `name` unless it is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {tuple(allowed)}. Received: {name}={value!r}")
+    return value
 
 
 def non_negative_int(name, value):

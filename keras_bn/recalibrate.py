@@ -14,14 +14,13 @@ import keras
 import numpy as np
 
 from keras_bn import _batch_statistics as passes
-from keras_bn import _precise_bn
+from keras_bn import _checks, _precise_bn
 from keras_bn._batch_statistics import _no_grad, _saved_state  # also imported from here
 from keras_bn.batch_norm import ManualBatchNorm
 
 __all__ = ["RecalibrateBatchNorm", "recalibrate_batch_norm"]
 
 _ESTIMATORS = ("population", "batch_mean")
-_DROPOUT_MODES = ("inference", "training")
 
 
 def batch_norm_layers(model):
@@ -67,10 +66,7 @@ def _check_options(estimator, dropout, include_frozen):
         raise ValueError(
             f"`estimator` must be one of {_ESTIMATORS}. Received: estimator={estimator!r}"
         )
-    if dropout not in _DROPOUT_MODES:
-        raise ValueError(
-            f"`dropout` must be one of {_DROPOUT_MODES}. Received: dropout={dropout!r}"
-        )
+    _checks.one_of("dropout", dropout, _checks.DROPOUT_MODES)
     if not isinstance(include_frozen, bool):
         raise TypeError(
             f"`include_frozen` must be a bool. Received: include_frozen={include_frozen!r}"

@@ -537,3 +537,18 @@ def test_bad_dropout_and_include_frozen(kwargs, error, match):
         recalibrate_batch_norm(_model(), x, **kwargs)
     with pytest.raises(error, match=match):
         RecalibrateBatchNorm(x, **kwargs)
+
+
+def test_the_command_and_run_config_take_the_dropout_mode():
+    from keras_bn.experiment import RunConfig
+    from keras_bn.experiment.cli import build_parser
+
+    assert RunConfig().recalibrate_dropout == "inference"
+    assert RunConfig(recalibrate_dropout="training").name != RunConfig().name
+    with pytest.raises(ValueError, match=r"`recalibrate_dropout` must be one of \('inference', "
+                       r"'training'\). Received: recalibrate_dropout='on'"):
+        RunConfig(recalibrate_dropout="on")
+    args = build_parser().parse_args(["--recalibrate", "3", "--recalibrate-dropout", "training"])
+    assert (args.recalibrate, args.recalibrate_dropout) == (3, "training")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--recalibrate-dropout", "on"])

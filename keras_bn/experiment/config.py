@@ -82,6 +82,7 @@ CHECKS = {
     "checkpoint_every": _checks.positive_int,
     "distribute": _distribute,
     "recalibrate": functools.partial(_checks.positive_int, allow_none=True),
+    "recalibrate_dropout": functools.partial(_checks.one_of, allowed=_checks.DROPOUT_MODES),
     "plot_activations": _flag,
     "backend": lambda name, value: str(value),
 }
@@ -127,6 +128,10 @@ class RunConfig:
             training batches (`keras_bn.RecalibrateBatchNorm`), or `None` for
             no second score. Training is the same either way. Defaults to
             `None`.
+        recalibrate_dropout: The mode of the dropout layers while the
+            statistics are recomputed, `"inference"` or `"training"`, as
+            `recalibrate_batch_norm`'s `dropout`. The notebook's network has no
+            dropout, so it changes nothing there. Defaults to `"inference"`.
         plot_activations: Record `keras_bn.LayerStatistics` during training
             (a middle layer's pre-activation percentiles, every kernel's
             gradient norm) for `activations.png` and `gradients.png`; training
@@ -158,6 +163,7 @@ class RunConfig:
     checkpoint_every: int = 100
     distribute: str = None
     recalibrate: int = None
+    recalibrate_dropout: str = "inference"
     plot_activations: bool = False
     backend: str = dataclasses.field(default_factory=_backend)
 

@@ -60,15 +60,17 @@ class RecalibratedScores(keras.callbacks.Callback):
         batch_size: The run's batch size.
         seed: The run's seed: the batches are those of its `BatchFeeder`.
         steps: Training batches to recalibrate on.
+        dropout: The dropout layers' mode while recalibrating, as for
+            `recalibrate_batch_norm`. Defaults to `"inference"`.
     """
 
-    def __init__(self, logger, train, *, batch_size, seed, steps):
+    def __init__(self, logger, train, *, batch_size, seed, steps, dropout="inference"):
         super().__init__()
         self.logger = logger
         # Batches 0..steps-1 of the run's order: the same ones at every score,
         # and in a resumed run too.
         feeder = BatchFeeder(*train, batch_size, seed=seed, num_batches=steps)
-        self.recalibrate = RecalibrateBatchNorm(feeder, steps=steps)
+        self.recalibrate = RecalibrateBatchNorm(feeder, steps=steps, dropout=dropout)
         self._active, self._seen = False, 0
 
     def set_model(self, model):

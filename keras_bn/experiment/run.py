@@ -128,7 +128,7 @@ class Run:
         if config.recalibrate is not None:
             callbacks.append(RecalibratedScores(
                 self.logger, self.data.train, batch_size=config.batch_size, seed=self.seed,
-                steps=config.recalibrate))
+                steps=config.recalibrate, dropout=config.recalibrate_dropout))
         if config.plot_activations:
             self.statistics = probe_statistics(config, self.variant, self.logger,
                                                self.data.validation, start)
