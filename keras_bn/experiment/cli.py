@@ -93,6 +93,9 @@ def build_parser():
             "test, with batch-norm statistics recomputed from the run's first N training "
             "batches (training is unchanged; variants without batch norm get no second "
             "score)", metavar="N")
+    _option(parser, "recalibrate_dropout", "with --recalibrate, the mode of the dropout layers "
+            "while the statistics are recomputed: inference, so that each batch norm sees "
+            "what it sees at inference, or training, as PreciseBN", str, metavar="MODE")
     parser.add_argument("--plot-activations", action="store_true", help=(
         "record a middle layer's pre-activation percentiles and every kernel's gradient norm "
         "during training (training is unchanged) and draw them to activations.png and "
