@@ -19,6 +19,8 @@ Nothing here imports `keras.src`.
 """
 
 import dataclasses
+import functools
+import inspect
 
 import keras
 
@@ -204,7 +206,10 @@ class Rebuilder:
 
     def model(self, model, prefix=""):
         """Returns the rebuilt `model`, nested models rebuilt as nested models."""
-        return keras.models.clone_model(model, clone_function=lambda op: self._operation(op, prefix))
+        clone = functools.partial(self._operation, prefix=prefix)
+        if isinstance(model, keras.Sequential):  # it calls its layers itself
+            return keras.models.clone_model(model, clone_function=clone)
+        return keras.models.clone_model(model, clone_function=clone, call_function=_call)
 
     def _operation(self, operation, prefix):
         """The `clone_function`: the new layer for `operation`, each original once."""
@@ -227,6 +232,19 @@ class Rebuilder:
     def _nested(self, model, path):
         """Returns what stands for the nested `model` in the rebuilt graph."""
         return self.model(model, path + "/")
+
+
+def _call(operation, *args, **kwargs):
+    """Calls `operation` as the original was called, less a `mask` or `training` its `call` does not take.
+
+    A replacement (a `GroupNormalization` for a batch norm) may not take every
+    keyword argument that Keras passed to the layer it replaces.
+    """
+    if isinstance(operation, keras.layers.Layer) and not is_graph_model(operation):
+        parameters = inspect.signature(operation.call).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in parameters or k not in ("mask", "training")}
+    return operation(*args, **kwargs)
 
 
 class _Tracer(Rebuilder):

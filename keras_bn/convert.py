@@ -1,5 +1,6 @@
-"""`convert_batch_norm`: swap every `keras.layers.BatchNormalization` of a model for a `ManualBatchNorm`, or back."""
+"""`convert_batch_norm`: swap the batch norms of a model for `ManualBatchNorm`, Keras's layer, or another normalization."""
 
+import dataclasses
 import inspect
 
 import keras
@@ -67,47 +68,160 @@ def _to_keras(layer, options):
     return keras.layers.BatchNormalization(**config), []
 
 
+def _one_axis(layer, target):
+    """Returns `layer`'s single channel axis, or `(None, problem)` when it normalizes over several."""
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return None, f"axis={axis!r} ({target} takes one channel axis here)"
+        axis = axis[0]
+    return axis, None
+
+
+def _affine_config(layer, options):
+    """Returns the arguments a Keras normalization layer shares with the batch norm `layer`."""
+    config = layer.get_config()
+    keys = ("epsilon", "center", "scale", "beta_initializer", "gamma_initializer", "beta_regularizer",
+            "gamma_regularizer", "beta_constraint", "gamma_constraint", "name", "trainable")
+    shared = {key: config[key] for key in keys if key in config}
+    return {**shared, "dtype": layer.dtype_policy.name, **options}
+
+
+def _to_group_norm(layer, options):
+    """Returns a `GroupNormalization` over `layer`'s channels with `options["groups"]` groups."""
+    axis, problem = _one_axis(layer, "GroupNormalization")
+    if problem:
+        return None, [problem]
+    return keras.layers.GroupNormalization(axis=axis, **_affine_config(layer, options)), []
+
+
+def _to_layer_norm(layer, options):
+    """Returns a `LayerNormalization` over `layer`'s channel axis."""
+    axis, problem = _one_axis(layer, "LayerNormalization")
+    if problem:
+        return None, [problem]
+    return keras.layers.LayerNormalization(axis=axis, **_affine_config(layer, options)), []
+
+
+def _with_synchronized(value):
+    """Returns a converter to the same kind of batch norm with `synchronized=value`."""
+
+    def convert(layer, options):
+        if isinstance(layer, ManualBatchNorm) or (value and keras.backend.backend() != "tensorflow"):
+            # Keras 3's own layer synchronizes only on TensorFlow.
+            return ManualBatchNorm(**_config(layer, {**options, "synchronized": value})), []
+        return keras.layers.BatchNormalization(**_config(layer, {**options, "synchronized": value})), []
+
+    return convert
+
+
+def _any_batch_norm(layer):
+    """Keras's layer or `ManualBatchNorm`, exactly: a subclass may compute something else."""
+    return type(layer) in (keras.layers.BatchNormalization, ManualBatchNorm)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """One `to=` of `convert_batch_norm`: which layers it converts, into what, and the options it takes."""
+
+    converts: object  # (layer) -> bool
+    make: object  # (layer, options) -> (new layer or None, problems)
+    options: tuple
+    required: tuple = ()
+
+
+_NORM_OPTIONS = ("epsilon", "center", "scale")
+_TARGETS = {
+    "manual": _Target(lambda layer: type(layer) is keras.layers.BatchNormalization,
+                      lambda layer, options: (_to_manual(layer, options), []), tuple(_manual_options())),
+    "keras": _Target(lambda layer: type(layer) is ManualBatchNorm, _to_keras,
+                     tuple(name for name in _manual_options() if name not in _MANUAL_ONLY)),
+    "synchronized": _Target(_any_batch_norm, _with_synchronized(True), ()),
+    "unsynchronized": _Target(lambda layer: _any_batch_norm(layer) and layer.synchronized,
+                              _with_synchronized(False), ()),
+    "group_norm": _Target(_any_batch_norm, _to_group_norm, ("groups",) + _NORM_OPTIONS, ("groups",)),
+    "layer_norm": _Target(_any_batch_norm, _to_layer_norm, _NORM_OPTIONS),
+    "identity": _Target(_any_batch_norm, lambda layer, options: (keras.layers.Identity(name=layer.name), []), ()),
+}
+
+
+def _check_options(to, options):
+    """Returns the `_Target` for `to`, or raises for an unknown target or option."""
+    if to not in _TARGETS:
+        raise ValueError(f"`to` must be one of {', '.join(map(repr, _TARGETS))}. Received: to={to!r}")
+    target = _TARGETS[to]
+    unknown = sorted(set(options) - set(target.options))
+    if unknown:
+        raise TypeError(
+            f"convert_batch_norm(to={to!r}) takes the options {', '.join(target.options) or '(none)'}. "
+            f"Received unknown option(s): {', '.join(unknown)}"
+        )
+    missing = [name for name in target.required if name not in options]
+    if missing:
+        raise TypeError(f"convert_batch_norm(to={to!r}) needs the option(s) {', '.join(missing)}, "
+                        f"e.g. convert_batch_norm(model, to={to!r}, groups=8)")
+    return target
+
+
 def convert_batch_norm(model, *, to="manual", **options):
-    """Returns a new model with every batch normalization swapped for `ManualBatchNorm` (or back).
+    """Returns a new model with its batch normalizations swapped for another layer, weights included.
 
-    With `to="manual"`, each `keras.layers.BatchNormalization` of `model`, in
-    nested Sequential and Functional models too, becomes a `ManualBatchNorm`
-    with the same configuration (axis, momentum, epsilon, center, scale,
-    initializers, regularizers, constraints, renorm, synchronized, trainable,
-    dtype policy) and the same weights, plus the `ManualBatchNorm` options
-    given as keyword arguments, e.g. `virtual_batch_size=8`,
-    `unbiased_variance=True` or `synchronized=True`. With the default options
-    the new model computes what the original computes, in inference and in
-    training mode (outputs, moving statistics, gradients), to float32
-    round-off.
+    - `to="manual"`: each `keras.layers.BatchNormalization` becomes a
+      `ManualBatchNorm` with the same configuration (axis, momentum, epsilon,
+      center, scale, initializers, regularizers, constraints, renorm,
+      synchronized, trainable, dtype policy) and the same weights, plus the
+      `ManualBatchNorm` options given as keyword arguments, e.g.
+      `virtual_batch_size=8`, `unbiased_variance=True` or
+      `synchronized=True`. With the default options the new model computes
+      what the original computes, in inference and in training mode
+      (outputs, moving statistics, gradients), to float32 round-off.
+    - `to="keras"`: each `ManualBatchNorm` becomes a
+      `keras.layers.BatchNormalization`. Options that Keras's layer does not
+      have (ghost batches, the unbiased or cumulative statistics, several
+      axes, `synchronized` outside TensorFlow) cannot be converted: the call
+      raises and names every such layer and option, and nothing is converted.
+    - `to="synchronized"` and `to="unsynchronized"`: every batch norm
+      (Keras's or `ManualBatchNorm`) synchronizes its statistics across
+      replicas, or stops doing so (PyTorch's `convert_sync_batchnorm` and
+      mmcv's `revert_sync_batchnorm`). Each keeps its class, but for Keras's
+      layer off TensorFlow, which becomes a `ManualBatchNorm`: Keras 3
+      synchronizes only on TensorFlow.
+    - `to="group_norm"` (with `groups=`), `to="layer_norm"` and
+      `to="identity"`: every batch norm becomes a
+      `keras.layers.GroupNormalization`, a `keras.layers.LayerNormalization`
+      over the same channel axis, or a `keras.layers.Identity` (Opacus's
+      conversions, for per-example or tiny batches and differentially
+      private training, where batch statistics are not allowed). `gamma` and
+      `beta` carry over; the moving statistics have nowhere to go, so the
+      new model computes something else and needs fine-tuning. `epsilon`,
+      `center` and `scale` may be set anew.
 
-    With `to="keras"`, each `ManualBatchNorm` becomes a
-    `keras.layers.BatchNormalization`. Options that Keras's layer does not
-    have (ghost batches, the unbiased or cumulative statistics, several axes,
-    `synchronized` outside TensorFlow) cannot be converted: the call raises
-    and names every such layer and option, and nothing is converted.
-
-    Every other layer, and every weight, is copied; the original model is not
-    modified, and the new model is returned uncompiled. A weight that only the
-    new layer has starts at its initial value: converting to
-    `ManualBatchNorm(momentum=None)` starts its batch count at 0, so its first
-    training batch replaces the moving statistics.
+    Batch norms anywhere in the model's graph are converted: in nested
+    Sequential and Functional models and Functional subclasses (keras-hub
+    backbones and tasks) too. One inside a layer whose `call` is not a graph
+    (a custom block, a subclassed model) cannot be replaced: the call raises,
+    naming it. Every other layer, and every weight, is copied; the original
+    model is not modified. A weight that only the new layer has starts at its
+    initial value: converting to `ManualBatchNorm(momentum=None)` starts its
+    batch count at 0, so its first training batch replaces the moving
+    statistics.
 
     Args:
-        model: A built Sequential or Functional Keras model.
-        to: `"manual"` (to `ManualBatchNorm`) or `"keras"` (to
-            `keras.layers.BatchNormalization`). Defaults to `"manual"`.
+        model: A built Keras model.
+        to: `"manual"`, `"keras"`, `"synchronized"`, `"unsynchronized"`,
+            `"group_norm"`, `"layer_norm"` or `"identity"`. Defaults to
+            `"manual"`.
         **options: Constructor arguments set on every converted layer, on top
             of the configuration it had.
 
     Returns:
-        A new `keras.Model` of the same class.
+        A new `keras.Model`, uncompiled unless `model` was compiled.
 
     Raises:
-        ValueError: `model` cannot be rebuilt (subclassed, or never built),
-            `to` is neither `"manual"` nor `"keras"`, or some layer cannot be
-            converted `to="keras"`.
-        TypeError: an option that the target layer does not take.
+        ValueError: `model` was never built, `to` is unknown, some layer
+            cannot be converted, or a batch norm sits where no graph leads.
+        TypeError: `model` is not a Keras model, an option that the target
+            does not take, or a required option is missing.
 
     Example:
 
@@ -128,37 +242,21 @@ def convert_batch_norm(model, *, to="manual", **options):
     True
     >>> type(convert_batch_norm(convert_batch_norm(model), to="keras").layers[1]).__name__
     'BatchNormalization'
+    >>> type(convert_batch_norm(model, to="group_norm", groups=2).layers[1]).__name__
+    'GroupNormalization'
     """
     _graph.check_model(model, "convert_batch_norm")
-    if to == "manual":
-        allowed = _manual_options()
-        source = keras.layers.BatchNormalization
-    elif to == "keras":
-        allowed = [name for name in _manual_options() if name not in _MANUAL_ONLY]
-        source = ManualBatchNorm
-    else:
-        raise ValueError(f'`to` must be "manual" or "keras". Received: to={to!r}')
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(
-            f"convert_batch_norm(to={to!r}) takes the options {', '.join(allowed)}. "
-            f"Received unknown option(s): {', '.join(unknown)}"
-        )
-    _graph.refuse_hidden(model, lambda layer: type(layer) is source, "convert_batch_norm")
-
+    target = _check_options(to, options)
+    _graph.refuse_hidden(model, target.converts, "convert_batch_norm")
     converted, refused = set(), []
 
     def replace(path, layer):
-        # Exact type: a subclass of the layer may compute something else.
-        if type(layer) is not source:
+        if not target.converts(layer):
             return None
-        if to == "manual":
-            new_layer = _to_manual(layer, options)
-        else:
-            new_layer, problems = _to_keras(layer, options)
-            if problems:
-                refused.append(f"{path!r}: {'; '.join(problems)}")
-                return None
+        new_layer, problems = target.make(layer, options)
+        if problems:
+            refused.append(f"{path!r}: {'; '.join(problems)}")
+            return None
         converted.add(path)
         return new_layer
 
@@ -168,7 +266,7 @@ def convert_batch_norm(model, *, to="manual", **options):
     new_model = _graph.rebuild(model, replace, weights_for)
     if refused:
         raise ValueError(
-            "convert_batch_norm(to='keras') cannot convert these ManualBatchNorm "
-            "layers, whose options Keras's BatchNormalization lacks:\n  " + "\n  ".join(refused)
+            f"convert_batch_norm(to={to!r}) cannot convert these layers, whose options the "
+            "target lacks:\n  " + "\n  ".join(refused)
         )
     return new_model

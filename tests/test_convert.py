@@ -112,7 +112,7 @@ def test_round_trip_back_to_keras_restores_config_and_weights():
 
 def test_options_keras_lacks_are_refused_by_name():
     manual = convert_batch_norm(_model(), virtual_batch_size=4)
-    with pytest.raises(ValueError, match=r"cannot convert these ManualBatchNorm layers") as raised:
+    with pytest.raises(ValueError, match=r"convert_batch_norm\(to='keras'\) cannot convert these layers") as raised:
         convert_batch_norm(manual, to="keras")
     for path in ("block/bn", "head_bn", "stem_bn"):
         assert f"'{path}': virtual_batch_size=4 (Keras 3's BatchNormalization has no ghost batches)" in str(raised.value)
@@ -123,7 +123,7 @@ def test_options_keras_lacks_are_refused_by_name():
 
 def test_bad_arguments():
     model = _model()
-    with pytest.raises(ValueError, match=r'`to` must be "manual" or "keras". Received: to=\'torch\''):
+    with pytest.raises(ValueError, match=r"`to` must be one of 'manual', 'keras', .*'identity'. Received: to='torch'"):
         convert_batch_norm(model, to="torch")
     with pytest.raises(TypeError, match=r"unknown option\(s\): virtual_batch"):
         convert_batch_norm(model, virtual_batch=4)
@@ -188,3 +188,79 @@ def test_renorm_and_mixed_precision_carry_over():
     y = converted(x)
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     np.testing.assert_allclose(to_numpy(y).astype("float32"), to_numpy(original(x)).astype("float32"), rtol=1e-3, atol=1e-3)
+
+
+def _conv_bn(bn=BN, **bn_kwargs):
+    """Conv -> batch norm -> pooling: the smallest model where a normalization's axis matters."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((5, 5, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = bn(name="bn", **bn_kwargs)(h)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+    rng = np.random.default_rng(5)
+    layer = model.get_layer("bn")
+    layer.gamma.assign(rng.uniform(0.5, 2.0, layer.gamma.shape).astype("float32"))
+    layer.beta.assign(rng.normal(size=layer.beta.shape).astype("float32"))
+    return model, rng.normal(1.0, 2.0, size=(3, 5, 5, 3)).astype("float32")
+
+
+def _numpy_group_norm(h, groups, gamma, beta, epsilon):
+    """Group normalization of NHWC `h` over (H, W, channels of the group), in float64."""
+    n, height, width, c = h.shape
+    g = h.reshape(n, height, width, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + epsilon)).reshape(h.shape) * gamma + beta
+
+
+@pytest.mark.parametrize("bn_cls", [BN, ManualBatchNorm])
+@pytest.mark.parametrize("to", ["group_norm", "layer_norm", "identity"])
+def test_conversions_to_other_normalizations_match_numpy_and_keras_own_layers(to, bn_cls):
+    model, x = _conv_bn(bn_cls, epsilon=0.01)
+    options = {"groups": 2} if to == "group_norm" else {}
+    converted = convert_batch_norm(model, to=to, **options)
+    bn = model.get_layer("bn")
+    gamma, beta = to_numpy(bn.gamma).astype("float64"), to_numpy(bn.beta).astype("float64")
+    h = to_numpy(model.get_layer("conv")(x)).astype("float64")
+    expected = {
+        "group_norm": lambda: _numpy_group_norm(h, 2, gamma, beta, 0.01),
+        "layer_norm": lambda: (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 0.01) * gamma + beta,
+        "identity": lambda: h,
+    }[to]().mean(axis=(1, 2))
+    for training in (False, True):
+        np.testing.assert_allclose(to_numpy(converted(x, training=training)), expected, rtol=1e-4, atol=1e-5)
+    layer = converted.get_layer("bn")
+    if to != "identity":
+        # Keras's own layer, built by hand with the batch norm's gamma and beta, agrees.
+        own = {"group_norm": keras.layers.GroupNormalization(groups=2, epsilon=0.01),
+               "layer_norm": keras.layers.LayerNormalization(epsilon=0.01)}[to]
+        own.build(h.shape)
+        own.set_weights([to_numpy(bn.gamma), to_numpy(bn.beta)])
+        np.testing.assert_allclose(to_numpy(layer(h.astype("float32"))), to_numpy(own(h.astype("float32"))), rtol=1e-6, atol=1e-6)
+    assert type(layer).__name__ == {"group_norm": "GroupNormalization", "layer_norm": "LayerNormalization",
+                                    "identity": "Identity"}[to]
+
+
+def test_synchronized_and_back_keeps_everything_else():
+    model = _model()
+    x = _prepare(model)
+    synced = convert_batch_norm(model, to="synchronized")
+    expected_type = BN if keras.backend.backend() == "tensorflow" else ManualBatchNorm
+    for path, layer in _batch_norms(synced).items():
+        assert type(layer) is expected_type and layer.synchronized, path
+    plain = convert_batch_norm(synced, to="unsynchronized")
+    for path, layer in _batch_norms(plain).items():
+        assert not layer.synchronized and layer.momentum == 0.99, path
+    # One replica: synchronized statistics are the local ones.
+    for candidate in (synced, plain):
+        np.testing.assert_allclose(to_numpy(candidate(x, training=True)), to_numpy(model(x, training=True)), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_conversion_targets_and_options():
+    model, _ = _conv_bn(ManualBatchNorm, axis=[1, 3])
+    with pytest.raises(TypeError, match=r"to='group_norm'\) needs the option\(s\) groups"):
+        convert_batch_norm(model, to="group_norm")
+    with pytest.raises(TypeError, match=r"to='identity'\) takes the options \(none\). Received unknown option\(s\): groups"):
+        convert_batch_norm(model, to="identity", groups=2)
+    with pytest.raises(ValueError, match=r"(?s)cannot convert these layers.*'bn': axis=\(1, 3\) \(LayerNormalization takes one channel axis here\)"):
+        convert_batch_norm(model, to="layer_norm")
