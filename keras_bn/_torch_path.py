@@ -19,6 +19,10 @@ PyTorch (docs/benchmarks.md). Here the same formulas run as a few torch calls:
 - the moving averages `moving * momentum + batch * (1 - momentum)` without
   recording a gradient, a channel with a NaN or Inf statistic left unchanged.
 
+With `fused=None` or `True` the plain case runs PyTorch's own kernel instead
+(`native_training`, keras_bn/_native.py), which shares the moving-average
+update; this hand-written path is `fused=False` and the fallback.
+
 Only the plain case comes here: no mask, no ghost batches, no renorm, a fixed
 momentum, no active process group, closed-form backward chosen. Everything else
 runs the general code, and the tests hold both to the same NumPy references
@@ -26,6 +30,8 @@ and to autodiff.
 """
 
 import torch
+
+from keras_bn import _native
 
 
 def applies(layer, mask, all_reduce):
@@ -121,6 +127,31 @@ def training(layer, x, count):
     """
     gamma, beta = _parameters(layer, x.dtype)
     outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, layer._reduction_axes, layer.epsilon)
+    _update(layer, mean, variance, count)
+    return outputs
+
+
+def native_training(layer, x, count):
+    """Returns `x` normalized by PyTorch's own kernel (`_native`), and updates the moving statistics.
+
+    `count` (a Python int, at least 2) is how many values each channel's
+    statistics see: the kernel's unbiased batch variance is made biased again
+    before the update, which keeps Keras's convention.
+    """
+    outputs, mean, variance = _native.torch_batch_norm(layer, x, training=True)
+    variance = _native.biased(variance, count)
+    if layer.momentum is None:
+        layer._update_statistics(mean, variance, count)  # the cumulative average
+    else:
+        _update(layer, mean, variance, count)
+    return outputs
+
+
+def _update(layer, mean, variance, count):
+    """Folds the batch `mean` and biased `variance` into the moving averages, without gradient.
+
+    A channel with a NaN or Inf statistic keeps its moving statistics exactly.
+    """
     with torch.no_grad():
         if layer.unbiased_variance:
             variance = variance * (count / max(count - 1, 1))
@@ -131,4 +162,3 @@ def training(layer, x, count):
             current = variable.value.to(batch.dtype)
             new = current * momentum + batch * (1.0 - momentum)
             variable.assign(torch.where(usable.reshape(variable.shape), new, current))
-    return outputs

@@ -5,7 +5,7 @@ import functools
 import keras
 from keras import ops
 
-from keras_bn import _gradient
+from keras_bn import _gradient, _native
 
 __all__ = ["ManualBatchNorm"]
 
@@ -320,7 +320,10 @@ class ManualBatchNorm(keras.layers.Layer):
             `torch.distributed` process group likewise. Under JAX with
             `keras.distribution.DataParallel` the statistics are global either
             way, since the batch is one sharded array. Outside a distributed
-            run it changes nothing. Defaults to `False`.
+            run it changes nothing. It cannot be combined with
+            `virtual_batch_size`: ghost batches are local by design (each
+            replica's groups are its own samples), so statistics shared
+            across replicas would contradict them. Defaults to `False`.
         renorm: Whether to use Batch Renormalization (Ioffe, 2017), as Keras
             3's layer does: in training the normalized value `x_hat` becomes
             `x_hat * r + d` with `r = sigma_B / sigma_renorm` and
@@ -341,11 +344,23 @@ class ManualBatchNorm(keras.layers.Layer):
             with its own statistics, and the moving statistics are updated
             with the mean of the groups' statistics, as tf.keras did. The
             batch size must be a multiple of it. Inference is unchanged.
-            Defaults to `None` (one group: the whole batch).
+            It cannot be combined with `synchronized=True`: ghost batches
+            are local by design. Defaults to `None` (one group: the whole
+            batch).
         unbiased_variance: Whether `moving_variance` is updated with the
             unbiased batch variance `var_B * n / (n - 1)` (`n` values per
             channel), as PyTorch does; normalization still uses the biased
             `var_B`. Defaults to `False`.
+        fused: Whether to run the framework's own batch-norm kernel
+            (`FusedBatchNormV3` on TensorFlow, `torch.nn.functional.batch_norm`
+            on PyTorch, cuDNN on a GPU), tf.keras's argument. `None`: the
+            kernel wherever the options allow it, the hand-written path
+            elsewhere; both compute the same numbers to float32 round-off.
+            `True`: always the kernel, and a `ValueError` naming the options
+            that rule it out (renorm, ghost batches, masks, several channel
+            axes, float64 on TensorFlow, the JAX backend, ...). `False`:
+            always the hand-written reference. docs/guide/native.md lists
+            which options take which path. Defaults to `None`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -371,12 +386,14 @@ class ManualBatchNorm(keras.layers.Layer):
             an `axis` outside the input's rank or repeated, an unknown
             (`None`) size along `axis`, a batch that is not a multiple of
             `virtual_batch_size`, a single value per channel with
-            `unbiased_variance`, or a mask of the wrong shape. In a
+            `unbiased_variance`, a mask of the wrong shape, or `fused=True`
+            with options that rule the framework's kernel out. In a
             TensorFlow graph whose batch size is known only when it runs
             (the last batch of a compiled `fit`), the batch-size checks raise
             `tf.errors.InvalidArgumentError` with the same message instead.
         TypeError: an argument of the wrong type, e.g. `axis` that is not an
-            int or a list of ints, or `center` that is not a bool.
+            int or a list of ints, `center` that is not a bool, or `fused`
+            that is not `None` or a bool.
 
     Example:
 
@@ -424,6 +441,7 @@ class ManualBatchNorm(keras.layers.Layer):
         synchronized=False,
         virtual_batch_size=None,
         unbiased_variance=False,
+        fused=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -475,6 +493,11 @@ class ManualBatchNorm(keras.layers.Layer):
             )
         self.virtual_batch_size = virtual_batch_size
         self.unbiased_variance = _check_flag("unbiased_variance", unbiased_variance)
+        self.fused = _native.check_fused(fused)
+        if self.fused:
+            reasons = _native.configuration_obstacles(self)
+            if reasons:
+                raise _native.refusal(reasons)
         self.supports_masking = True
         self.gamma = None
         self.beta = None
@@ -634,6 +657,10 @@ class ManualBatchNorm(keras.layers.Layer):
         dtype = "float64" if keras.backend.standardize_dtype(inputs.dtype) == "float64" else "float32"
         x = ops.cast(inputs, dtype)
         training = bool(training and self.trainable)
+        if self.fused is not False:
+            outputs = self._call_native(x, training, mask)
+            if outputs is not None:
+                return ops.cast(outputs, self.compute_dtype)
         if keras.backend.backend() == "torch":
             outputs = self._call_torch(x, training, mask)
             if outputs is not None:
@@ -704,6 +731,30 @@ class ManualBatchNorm(keras.layers.Layer):
             outputs = ops.reshape(outputs, original_shape)
         self._update_statistics(mean, variance, count)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _call_native(self, x, training, mask):
+        """Returns the outputs from the framework's kernel (`_native`), or `None` for the hand-written path."""
+        all_reduce = _replica_sum() if training and self.synchronized else None
+        reasons = _native.call_obstacles(
+            self, x, training=training, mask=mask, all_reduce=all_reduce
+        )
+        if reasons:
+            if self.fused:
+                raise _native.refusal(reasons)
+            return None
+        if not training:
+            return _native.batch_norm(self, x, training=False)[0]
+        count = _count_along(x, self._reduction_axes)
+        self._check_count(count)
+        if keras.backend.backend() == "torch":
+            from keras_bn import _torch_path
+
+            if count < 2:
+                return None  # PyTorch's kernel refuses one value per channel
+            return _torch_path.native_training(self, x, count)
+        outputs, mean, variance = _native.batch_norm(self, x, training=True)
+        self._update_statistics(mean, _native.biased(variance, count), count)
+        return outputs
 
     def _call_torch(self, x, training, mask):
         """Returns the outputs from `_torch_path` when the call is a case it covers, else `None`."""
@@ -859,5 +910,6 @@ class ManualBatchNorm(keras.layers.Layer):
             "synchronized": self.synchronized,
             "virtual_batch_size": self.virtual_batch_size,
             "unbiased_variance": self.unbiased_variance,
+            "fused": self.fused,
         }
         return {**super().get_config(), **config}

@@ -140,9 +140,10 @@ def test_constructor_matches_keras():
         assert name in ours, name
         assert ours[name].default == theirs[name].default, name
     # keras-bn's own options come after Keras's, so positional calls agree too.
-    assert list(ours) == ["self", *keras_args, "virtual_batch_size", "unbiased_variance", "kwargs"]
+    assert list(ours) == ["self", *keras_args, "virtual_batch_size", "unbiased_variance", "fused", "kwargs"]
     assert ours["virtual_batch_size"].default is None
     assert ours["unbiased_variance"].default is False
+    assert ours["fused"].default is None  # tf.keras's argument and default
 
 
 def test_weights_have_keras_names_and_shapes():

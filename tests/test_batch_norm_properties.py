@@ -1,6 +1,7 @@
 """Property-based tests of ManualBatchNorm against the NumPy reference, and its edge cases.
 
-Hypothesis draws shapes, axes, momenta, epsilons and dtypes; every draw must agree
+Hypothesis draws shapes, axes, momenta, epsilons, dtypes and the path (`fused=None`,
+the framework's kernel where it applies, or `False`); every draw must agree
 with `numpy_batch_norm` (written from the paper, in float64) for a training step
 followed by an inference step.
 """
@@ -34,18 +35,23 @@ def cases(draw):
     epsilon = draw(st.floats(1e-5, 1.0))
     dtype = draw(st.sampled_from(sorted(TOLERANCE)))
     seed = draw(st.integers(0, 2**16))
-    return shape, axis, momentum, epsilon, dtype, seed
+    # The framework's kernel where it applies (None), or the hand-written path.
+    fused = draw(st.sampled_from([None, False]))
+    return shape, axis, momentum, epsilon, dtype, seed, fused
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_agrees_with_numpy_for_any_shape_axis_momentum_epsilon_and_dtype(case):
-    shape, axis, momentum, epsilon, dtype, seed = case
+    shape, axis, momentum, epsilon, dtype, seed, fused = case
     rng = np.random.default_rng(seed)
     x = rng.normal(rng.uniform(-3, 3), rng.uniform(0.5, 3), size=shape).astype("float32")
     x_in = keras.ops.cast(x, dtype)
     x_seen = to_numpy(keras.ops.cast(x_in, "float32"))  # what the layer really got
-    layer = ManualBatchNorm(axis=axis, momentum=momentum, epsilon=epsilon, dtype=f"mixed_{dtype}" if dtype != "float32" else None)
+    layer = ManualBatchNorm(
+        axis=axis, momentum=momentum, epsilon=epsilon, fused=fused,
+        dtype=f"mixed_{dtype}" if dtype != "float32" else None,
+    )
     layer.build(shape)
     channels = shape[axis]
     state = {

@@ -5,7 +5,9 @@ so each backend differentiates it its own way), and autodiff of `ManualBatchNorm
 own forward pass with the hand-written backward switched off. Input gradients and
 gamma/beta gradients, plain, masked, ghost batches, renorm, no gamma or beta,
 float32 and mixed precision. Synchronized statistics are checked with real
-replicas in tests/test_multiprocess.py and tests/test_distributed.py.
+replicas in tests/test_multiprocess.py and tests/test_distributed.py. Every layer
+here is `fused=False`: with the default, TensorFlow and PyTorch would run their own
+kernel (tests/test_native.py) and neither backward written here.
 """
 
 import keras
@@ -106,7 +108,7 @@ def test_hand_written_matches_autodiff_of_the_plain_formula(shape, ghost, masked
     if masked:
         mask = np.random.default_rng(1).random(shape[:-1]) > 0.3
         mask[:, 0] = True  # every sample keeps a position
-    ours = ManualBatchNorm(epsilon=1e-3, virtual_batch_size=ghost)
+    ours = ManualBatchNorm(epsilon=1e-3, virtual_batch_size=ghost, fused=False)
     ours.build(shape)
     _same_weights(ours, gamma, beta)
     reference = _PlainFormula(1e-3, weights=None if mask is None else mask[..., None], ghost=ghost)
@@ -137,7 +139,7 @@ def test_hand_written_matches_autodiff_for_every_option(options):
     x, dy, _, _ = _data(shape, seed=2)
     layers = []
     for _ in range(2):
-        layer = ManualBatchNorm(**options)
+        layer = ManualBatchNorm(fused=False, **options)
         layer.build(shape)
         rng = np.random.default_rng(3)
         for weight in layer.trainable_weights:
@@ -176,7 +178,7 @@ def test_second_derivatives_match_autodiff(options, masked):
     mask = np.random.default_rng(8).random(shape[:-1]) > 0.3 if masked else None
     results = []
     for hand_written in (True, False):
-        layer = ManualBatchNorm(**options)
+        layer = ManualBatchNorm(fused=False, **options)
         layer.build(shape)
         layer.gamma.assign(np.linspace(0.5, 2.0, layer.gamma.shape[0]).astype("float32"))
         if mask is not None:
@@ -193,7 +195,7 @@ def test_hand_written_matches_autodiff_in_mixed_precision():
     x = x.astype("float16")
     layers = []
     for _ in range(2):
-        layer = ManualBatchNorm(dtype="mixed_float16")
+        layer = ManualBatchNorm(dtype="mixed_float16", fused=False)
         layer.build(shape)
         _same_weights(layer, gamma, beta)
         layers.append(layer)
@@ -217,7 +219,7 @@ def test_hand_written_trains_the_same_as_autodiff():
                 [
                     keras.Input((6, 6, 2)),
                     keras.layers.Conv2D(4, 3, use_bias=False),
-                    ManualBatchNorm(),
+                    ManualBatchNorm(fused=False),
                     keras.layers.ReLU(),
                     keras.layers.Flatten(),
                     keras.layers.Dense(3),

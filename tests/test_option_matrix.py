@@ -3,7 +3,8 @@
 Rows (`OPTIONS`): an int and a list `axis`, ghost batches, renorm with clipping, the
 cumulative average (`momentum=None`), the unbiased variance, Keras sequence masks (from a
 `Masking` and an `Embedding(mask_zero=True)` layer), `synchronized`, mixed precision per
-layer and per model, and a few combinations. Columns (one test function each): eager calls
+layer and per model, a few combinations, and the hand-written path where the default
+takes the framework's kernel (`fused=False`). Columns (one test function each): eager calls
 in training and inference mode, `model.fit` with a ragged last batch (on TensorFlow the
 retraced step then sees an unknown batch size), `model.predict` with a ragged last batch,
 and a `.keras` save/load.
@@ -82,6 +83,11 @@ OPTIONS = [
     Option("virtual_batch_size+mask", GHOST, front="masking", fit_samples=12, fit_batch=8),
     Option("momentum_none+unbiased", {"momentum": None, "unbiased_variance": True}),
     Option("renorm+mixed_float16_layer", {**RENORM, "dtype": "mixed_float16"}),
+    # The rows above take the framework's kernel where it applies (fused=None, the
+    # default; tests/test_native.py); these two take the hand-written path throughout.
+    Option("fused_false", {"fused": False}),
+    Option("fused_false+momentum_none+mixed_float16", {"fused": False, "momentum": None},
+           model_policy="mixed_float16"),
 ]
 option_params = pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
 

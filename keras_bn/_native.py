@@ -1,0 +1,210 @@
+"""`ManualBatchNorm(fused=...)`: the framework's own batch-norm kernel where its maths is the layer's.
+
+The kernels compute what the hand-written path computes (two-pass statistics,
+the biased variance in the normalization), with one difference that is undone
+here: in training they return the batch variance with Bessel's correction
+`n / (n - 1)`, which TensorFlow's and PyTorch's layers put in the moving
+variance. Keras keeps the biased variance there, so this module multiplies by
+`(n - 1) / n` again (one rounding) before the layer's usual update, which also
+applies the unbiased variance when `unbiased_variance=True`.
+
+- TensorFlow: `FusedBatchNormV3` (oneDNN on CPU, cuDNN on GPU), training and
+  inference. Any single channel axis of any rank: the input is reshaped, never
+  transposed, to 4-D `NHWC` (`(n, 1, 1, C)` for a channel axis that is last) or
+  `NCHW` (`(before, C, after, 1)` otherwise). Not in float64, which the kernel
+  lacks, nor for `epsilon < 1.001e-5`, which cuDNN refuses. Not in training
+  under XLA (`jit_compile=True`): XLA expands the kernel with the one-pass
+  variance `E[x^2] - E[x]^2`, which loses every digit when |mean| >> std.
+- PyTorch: `torch.nn.functional.batch_norm` (cuDNN on CUDA tensors), training
+  and inference, any single channel axis: channel axis 1 as it is, a last
+  channel axis of a 4-D or 5-D input as a channels-last view, else a reshape
+  to `(before, C, after)`. The batch statistics come back through two fresh
+  buffers updated with momentum 1 (a batch of one value per channel, which
+  the kernel refuses, takes the hand-written path).
+- JAX has no batch-norm kernel to call: XLA compiles the hand-written ops.
+
+Masks, ghost batches, renorm, several channel axes and statistics synchronized
+over more than one replica take the hand-written path in training
+(docs/guide/native.md has the table).
+"""
+
+import math
+
+import keras
+
+#: The smallest epsilon cuDNN accepts (CUDNN_BN_MIN_EPSILON is 1e-5; TensorFlow
+#: raises anything below 1.001e-5 to that): below it the kernels would not
+#: compute the layer's formula.
+MIN_EPSILON = 1.001e-5
+
+NATIVE_BACKENDS = ("tensorflow", "torch")
+
+
+def check_fused(value):
+    """Returns `value` if it is `None`, `True` or `False`, else raises a `TypeError`."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            "`fused` must be None (the native kernel where the options allow it), "
+            f"True (always the native kernel) or False (never). Received: fused={value!r}"
+        )
+    return value
+
+
+def configuration_obstacles(layer, training=True):
+    """Returns why the configuration of `layer` rules the native kernel out, as phrases.
+
+    In inference only the backend, the axes and `epsilon` matter: renorm, ghost
+    batches and masks change nothing there.
+    """
+    backend = keras.backend.backend()
+    reasons = []
+    if backend not in NATIVE_BACKENDS:
+        reasons.append(f"the {backend} backend (it has no batch-norm kernel; XLA fuses the ops)")
+    if isinstance(layer.axis, tuple) and len(layer.axis) > 1:
+        reasons.append(f"axis={list(layer.axis)!r} (more than one channel axis)")
+    if backend == "tensorflow" and layer.epsilon < MIN_EPSILON:
+        reasons.append(f"epsilon={layer.epsilon!r} (cuDNN's kernels need epsilon >= {MIN_EPSILON})")
+    if training and layer.renorm:
+        reasons.append("renorm=True")
+    if training and layer.virtual_batch_size is not None:
+        reasons.append(f"virtual_batch_size={layer.virtual_batch_size!r}")
+    return reasons
+
+
+def call_obstacles(layer, x, *, training, mask, all_reduce):
+    """Returns why this call of `layer` cannot take the native kernel, as phrases (empty: it can)."""
+    reasons = configuration_obstacles(layer, training)
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and keras.backend.standardize_dtype(x.dtype) == "float64":
+        reasons.append("float64 inputs on TensorFlow (FusedBatchNormV3 has no float64 kernel)")
+    if training and mask is not None:
+        reasons.append("a mask")
+    if training and all_reduce is not None:
+        reasons.append("synchronized=True across more than one replica")
+    if training and backend == "tensorflow" and _in_xla():
+        reasons.append(
+            "training under XLA (jit_compile=True), which computes the kernel's variance "
+            "as E[x^2] - E[x]^2"
+        )
+    return reasons
+
+
+def refusal(reasons):
+    """Returns the `ValueError` for `fused=True` when `reasons` rule the native kernel out."""
+    return ValueError(
+        "`fused=True` needs the framework's native batch-norm kernel, which this layer "
+        f"cannot use with: {'; '.join(reasons)}. Use fused=None to fall back to the "
+        "hand-written path where needed (docs/guide/native.md lists the options)."
+    )
+
+
+def _in_xla():
+    """Returns whether TensorFlow is tracing for XLA (`jit_compile=True`); `True` when unknown."""
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
+    try:  # No public API tells; this is what tf.keras's own layers ask.
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow that moved it: stay exact.
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def biased(variance, count):
+    """Returns the kernel's Bessel-corrected batch `variance` times `(n - 1) / n`, `n = count`.
+
+    `count` is a Python int or a scalar tensor. For `n = 1` the kernels return
+    0 (uncorrected), and 0 it stays; for `n = 0` the mean is NaN and the layer
+    leaves the moving statistics alone.
+    """
+    if isinstance(count, int):
+        return variance * (max(count - 1, 0) / max(count, 1))
+    n = keras.ops.cast(count, variance.dtype)
+    return variance * (keras.ops.maximum(n - 1.0, 0.0) / keras.ops.maximum(n, 1.0))
+
+
+def _parameter(layer, variable, default, channels, dtype):
+    """Returns `variable` as a (C,) tensor of `dtype`, or `default` (1 or 0) filled when it is absent."""
+    if variable is None:
+        return keras.ops.full((channels,), default, dtype=dtype)
+    return keras.ops.cast(variable, dtype)
+
+
+def tensorflow_batch_norm(layer, x, training):
+    """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from `FusedBatchNormV3`.
+
+    In inference the two statistics are the moving ones. `x` is float32.
+    """
+    import tensorflow as tf
+
+    rank = len(x.shape)
+    channel = layer._channel_axes_resolved[0]
+    channels = int(x.shape[channel])
+    shape = tf.shape(x)
+    if rank == 4 and channel in (1, 3):
+        x4, data_format = x, "NCHW" if channel == 1 else "NHWC"
+    elif channel == rank - 1:
+        x4, data_format = tf.reshape(x, [-1, 1, 1, channels]), "NHWC"
+    else:
+        before = tf.reduce_prod(shape[:channel])
+        after = tf.reduce_prod(shape[channel + 1:])
+        x4, data_format = tf.reshape(x, tf.stack([before, channels, after, 1])), "NCHW"
+    scale = _parameter(layer, layer.gamma if layer.scale else None, 1.0, channels, x.dtype)
+    offset = _parameter(layer, layer.beta if layer.center else None, 0.0, channels, x.dtype)
+    if training:
+        mean = variance = tf.constant([], x.dtype)
+    else:
+        mean = tf.cast(layer.moving_mean, x.dtype)
+        variance = tf.cast(layer.moving_variance, x.dtype)
+    outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
+        x=x4, scale=scale, offset=offset, mean=mean, variance=variance,
+        epsilon=layer.epsilon, exponential_avg_factor=1.0, data_format=data_format,
+        is_training=training,
+    )[:3]
+    if x4 is not x:
+        outputs = tf.reshape(outputs, shape)
+        outputs.set_shape(x.shape)
+    return outputs, mean, variance
+
+
+def torch_batch_norm(layer, x, training):
+    """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from `F.batch_norm`.
+
+    The same on every device: the buffers are made on `x`'s device in its dtype.
+    In inference the two statistics are the moving ones.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rank = x.dim()
+    channel = layer._channel_axes_resolved[0]
+    channels = x.shape[channel]
+    if channel == 1:
+        view, undo = x, None
+    elif channel == rank - 1 and rank in (4, 5):
+        # A channels-last view: PyTorch runs its channels-last kernel, no copy.
+        view, undo = x.movedim(-1, 1), lambda y: y.movedim(1, -1)
+    else:
+        before = math.prod(x.shape[:channel])
+        view, undo = x.reshape(before, channels, -1), lambda y: y.reshape(x.shape)
+    weight = layer.gamma.value.to(x.dtype) if layer.scale else None
+    bias = layer.beta.value.to(x.dtype) if layer.center else None
+    if training:
+        mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        momentum = 1.0  # the buffers become the batch mean and unbiased variance
+    else:
+        mean = layer.moving_mean.value.to(x.dtype)
+        variance = layer.moving_variance.value.to(x.dtype)
+        momentum = 0.0
+    outputs = F.batch_norm(view, mean, variance, weight, bias, training, momentum, layer.epsilon)
+    return (outputs if undo is None else undo(outputs)), mean, variance
+
+
+def batch_norm(layer, x, training):
+    """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from the backend's kernel."""
+    if keras.backend.backend() == "torch":
+        return torch_batch_norm(layer, x, training)
+    return tensorflow_batch_norm(layer, x, training)
