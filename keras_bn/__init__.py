@@ -26,6 +26,10 @@ The layer and its tools:
   moving statistics with the current weights on given batches (PreciseBN), and
   [`RecalibrateBatchNorm`][keras_bn.RecalibrateBatchNorm], the callback that does it
   before each evaluation during `fit`.
+- [`from_torch_state_dict`][keras_bn.from_torch_state_dict],
+  [`load_torch_state_dict`][keras_bn.load_torch_state_dict] and
+  [`to_torch_state_dict`][keras_bn.to_torch_state_dict]: a PyTorch
+  `nn.BatchNorm{1,2,3}d` state dict into `ManualBatchNorm` and back.
 - [`LayerStatistics`][keras_bn.LayerStatistics]: a callback that records input
   percentiles and kernel gradient norms of chosen layers during training.
 
@@ -72,6 +76,7 @@ from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
 from keras_bn.frozen import FrozenBatchNorm, freeze_batch_norm, unfreeze_batch_norm
 from keras_bn.layer_statistics import LayerStatistics
 from keras_bn.models import compile_like_notebook, deep_mnist_model
+from keras_bn.porting import from_torch_state_dict, load_torch_state_dict, to_torch_state_dict
 from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
 
 __all__ = [
@@ -95,9 +100,12 @@ __all__ = [
     "deep_mnist_model",
     "fold_batch_norm",
     "freeze_batch_norm",
+    "from_torch_state_dict",
     "load_mnist",
+    "load_torch_state_dict",
     "read_idx",
     "recalibrate_batch_norm",
+    "to_torch_state_dict",
     "unfreeze_batch_norm",
 ]
 
