@@ -389,8 +389,8 @@ class ManualBatchNorm(keras.layers.Layer):
             `unbiased_variance`, a mask of the wrong shape, or `fused=True`
             with options that rule the framework's kernel out. In a
             TensorFlow graph whose batch size is known only when it runs
-            (the last batch of a compiled `fit`), the batch-size checks raise
-            `tf.errors.InvalidArgumentError` with the same message instead.
+            (a `fit` step, traced for any batch size), the batch-size checks raise
+            `tf.errors.InvalidArgumentError` ending with the same message instead.
         TypeError: an argument of the wrong type, e.g. `axis` that is not an
             int or a list of ints, `center` that is not a bool, or `fused`
             that is not `None` or a bool.
@@ -628,21 +628,21 @@ class ManualBatchNorm(keras.layers.Layer):
         """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)`, checking that v divides the batch."""
         v = self.virtual_batch_size
         batch = x.shape[0]
+        message = "The batch size must be a multiple of `virtual_batch_size`. Received: a batch of {}"
+        message += f" with virtual_batch_size={v}"
         if batch is not None and batch % v:
-            raise ValueError(
-                f"The batch size must be a multiple of `virtual_batch_size`. "
-                f"Received: a batch of {batch} with virtual_batch_size={v}"
-            )
+            raise ValueError(message.format(batch))
         if batch is None and keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            # Only a traced graph has an unknown batch size: check when it runs,
-            # before the reshape (unordered, the reshape's own error could win).
-            check = tf.debugging.assert_equal(
-                tf.shape(x)[0] % v,
-                0,
-                message=f"The batch size must be a multiple of `virtual_batch_size` "
-                f"(virtual_batch_size={v}).",
+            # Only a traced graph has an unknown batch size (the ragged last batch
+            # of a compiled `fit`): check when it runs, before the reshape
+            # (unordered, the reshape's own error could win), with the message an
+            # eager call gives, both numbers in it. TensorFlow raises it as an
+            # InvalidArgumentError whose first line is "Graph execution error:".
+            size = tf.shape(x)[0]
+            check = tf.debugging.Assert(
+                tf.equal(size % v, 0), [tf.strings.format(message, size)]
             )
             with tf.control_dependencies([check]):
                 x = tf.identity(x)

@@ -381,8 +381,10 @@ def test_ghost_batches_and_synchronized_are_refused_together():
         ManualBatchNorm.from_config({**config, "virtual_batch_size": 4})
 
 
-def test_fit_refuses_a_last_batch_that_ghost_batches_cannot_split():
-    # 10 samples in batches of 4: the last batch of 2 is not a multiple of 4.
+@pytest.mark.parametrize("batch_size, bad_batch", [(4, 2), (6, 6)], ids=["ragged_last", "every"])
+def test_fit_refuses_a_batch_that_ghost_batches_cannot_split(batch_size, bad_batch):
+    # 10 samples in batches of 4: the last batch of 2 is not a multiple of 4;
+    # in batches of 6, not even the first is.
     model = keras.Sequential([keras.Input((3,)), ManualBatchNorm(virtual_batch_size=4)])
     model.compile(optimizer="sgd", loss="mse")
     x = np.random.default_rng(5).normal(size=(10, 3)).astype("float32")
@@ -390,12 +392,20 @@ def test_fit_refuses_a_last_batch_that_ghost_batches_cannot_split():
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        errors = (tf.errors.InvalidArgumentError,)  # the batch size is known only at run time
+        # fit traces its step for any batch size, so the check runs in the graph.
+        errors = (tf.errors.InvalidArgumentError,)
+    # The same words as an eager call, both numbers in them, on every backend.
+    wording = (
+        r"The batch size must be a multiple of `virtual_batch_size`\. "
+        rf"Received: a batch of {bad_batch} with virtual_batch_size=4"
+    )
     # Several runs: on TensorFlow an unordered run-time check races the reshape
     # that it guards, and half the runs raised the raw reshape error instead.
-    for _ in range(6):
-        with pytest.raises(errors, match=r"multiple of `virtual_batch_size`"):
-            model.fit(x, np.zeros_like(x), batch_size=4, shuffle=False, verbose=0)
+    for _ in range(6 if batch_size == 4 else 1):
+        with pytest.raises(errors, match=wording):
+            model.fit(x, np.zeros_like(x), batch_size=batch_size, shuffle=False, verbose=0)
+    with pytest.raises(ValueError, match=wording):
+        ManualBatchNorm(virtual_batch_size=4)(x[:bad_batch], training=True)  # an eager call
 
 
 def test_fit_refuses_a_last_batch_with_one_value_per_channel_for_the_unbiased_variance():
