@@ -41,7 +41,7 @@ The notebook's pieces:
   optimizer and loss.
 - [`load_mnist`][keras_bn.load_mnist], [`MNIST`][keras_bn.MNIST] and
   [`DataSplit`][keras_bn.DataSplit]: the real MNIST, split as the notebook split it;
-  [`read_idx`][keras_bn.read_idx] reads one IDX file; [`MNISTError`][keras_bn.MNISTError] and its
+  [`read_idx`][keras_bn.read_idx] reads one IDX file; [`MNISTError`][keras_bn.datasets.MNISTError] and its
   subclasses say what is missing or wrong.
 - [`BatchFeeder`][keras_bn.BatchFeeder]: the notebook's `next_batch`, a seeded,
   resumable batch order.
@@ -60,16 +60,7 @@ __version__ = "0.1.0"
 
 from keras_bn.batch_norm import ManualBatchNorm
 from keras_bn.callbacks import NotebookLogger
-from keras_bn.datasets import (
-    MNIST,
-    DataSplit,
-    MNISTDownloadError,
-    MNISTError,
-    MNISTFormatError,
-    MNISTNotFoundError,
-    load_mnist,
-    read_idx,
-)
+from keras_bn.datasets import MNIST, DataSplit, load_mnist, read_idx
 from keras_bn.feeder import BatchFeeder
 from keras_bn.convert import convert_batch_norm
 from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
@@ -87,10 +78,6 @@ __all__ = [
     "FrozenBatchNorm",
     "LayerStatistics",
     "MNIST",
-    "MNISTDownloadError",
-    "MNISTError",
-    "MNISTFormatError",
-    "MNISTNotFoundError",
     "ManualBatchNorm",
     "NotebookLogger",
     "RecalibrateBatchNorm",
@@ -109,7 +96,8 @@ __all__ = [
     "unfreeze_batch_norm",
 ]
 
-#: Harness names that left the top level, and where they live now.
+#: Names that left the top level, and where they live now: the harness's, and the
+#: MNIST loader's errors (the top level lists the library's tools).
 _MOVED = {
     "run_experiment": "keras_bn.experiment",
     "ExperimentError": "keras_bn.experiment",
@@ -117,11 +105,15 @@ _MOVED = {
     "CheckpointMismatchError": "keras_bn.experiment",
     "StopOnSignal": "keras_bn.experiment",
     "TrainingInterrupted": "keras_bn.experiment",
+    "MNISTError": "keras_bn.datasets",
+    "MNISTNotFoundError": "keras_bn.datasets",
+    "MNISTFormatError": "keras_bn.datasets",
+    "MNISTDownloadError": "keras_bn.datasets",
 }
 
 
 def __getattr__(name):
-    """Returns a harness name that moved to `keras_bn.experiment`, with a `DeprecationWarning`."""
+    """Returns a name that moved to a subpackage or module (`_MOVED`), with a `DeprecationWarning`."""
     if name not in _MOVED:
         raise AttributeError(f"module 'keras_bn' has no attribute {name!r}")
     import importlib

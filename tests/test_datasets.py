@@ -619,3 +619,16 @@ def test_real_mnist_from_env_var(monkeypatch, mnist_dir):
     mnist = load_mnist(one_hot=False, validation_size=0)
     assert mnist.train.labels.shape == (60000,)
     np.testing.assert_array_equal(np.bincount(mnist.train.labels, minlength=10), TRAIN_COUNTS)
+
+
+@pytest.mark.parametrize("name", ["MNISTError", "MNISTNotFoundError", "MNISTFormatError",
+                                  "MNISTDownloadError"])
+def test_the_error_classes_left_the_top_level_with_a_deprecation_path(name):
+    import keras_bn
+    import keras_bn.datasets
+
+    assert name not in keras_bn.__all__
+    assert name in keras_bn.datasets.__all__
+    with pytest.warns(DeprecationWarning, match=rf"`keras_bn.{name}` moved to `keras_bn.datasets.{name}`"):
+        moved = getattr(keras_bn, name)
+    assert moved is getattr(keras_bn.datasets, name)
