@@ -22,10 +22,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-from keras_bn import ManualBatchNorm, load_mnist, recalibrate_batch_norm  # noqa: E402
+from keras_bn import ManualBatchNorm, load_mnist, recalibrate_batch_norm
 
 
 def build(rate, seed):
@@ -80,27 +80,28 @@ def main():
     parser.add_argument("--rate", type=float, default=0.5, help="the dropout rate")
     args = parser.parse_args()
     data = load_mnist(one_hot=False)
-    print(f"backend {keras.backend.backend()}, Dropout({args.rate}), {args.steps} training "
-          f"batches of {args.batch_size}, recalibration on 50 batches")
-    print("seed  ratio(dropout on): mean [min, max]  ratio(dropout off): mean [min, max]"
-          "  test acc: trained / recal on / recal off")
+    print(f"backend {keras.backend.backend()}, Dropout({args.rate}), {args.steps} batches of "
+          f"{args.batch_size}, recalibrated on 50")
+    print("variance ratio of bn2, recalibrated / at inference, with dropout on")
+    print("and off: mean [min, max] over channels; test accuracy: trained, then")
+    print("recalibrated with dropout on, then off")
     rows, start = [], time.perf_counter()
     for seed in range(args.seeds):
         r = measure(seed, args, data)
         rows.append(r)
         on, off = r["training"], r["inference"]
-        print(f"{seed:4d}  {on[0].mean():.3f} [{on[0].min():.3f}, {on[0].max():.3f}]"
-              f"            {off[0].mean():.3f} [{off[0].min():.3f}, {off[0].max():.3f}]"
-              f"           {r['trained']:.4f} / {on[1]:.4f} / {off[1]:.4f}")
+        print(f"{seed:2d}  on {on[0].mean():.3f} [{on[0].min():.3f}, {on[0].max():.3f}]"
+              f"  off {off[0].mean():.3f} [{off[0].min():.3f}, {off[0].max():.3f}]"
+              f"  {r['trained']:.4f} {on[1]:.4f} {off[1]:.4f}")
 
     def summary(values):
         return f"{statistics.mean(values):.4f} +- {statistics.pstdev(values):.4f}"
 
-    print(f"mean over seeds: ratio on {summary([r['training'][0].mean() for r in rows])}, "
-          f"ratio off {summary([r['inference'][0].mean() for r in rows])}")
-    print(f"test accuracy: trained {summary([r['trained'] for r in rows])}, "
-          f"recal dropout on {summary([r['training'][1] for r in rows])}, "
-          f"recal dropout off {summary([r['inference'][1] for r in rows])}")
+    print(f"ratio on {summary([r['training'][0].mean() for r in rows])}, "
+          f"off {summary([r['inference'][0].mean() for r in rows])}")
+    print(f"accuracy trained {summary([r['trained'] for r in rows])}, "
+          f"on {summary([r['training'][1] for r in rows])}, "
+          f"off {summary([r['inference'][1] for r in rows])}")
     print(f"time {time.perf_counter() - start:.0f} s")
 
 
