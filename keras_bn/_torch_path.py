@@ -155,10 +155,14 @@ def _update(layer, mean, variance, count):
     with torch.no_grad():
         if layer.unbiased_variance:
             variance = variance * (count / max(count - 1, 1))
-        usable = torch.isfinite(mean) & torch.isfinite(variance)
+        # Both statistics in one (2, C) tensor: half the small ops, each of
+        # which costs more to launch than to compute at these sizes.
+        batch = torch.stack([mean.reshape(-1), variance.reshape(-1)])
+        moving = (layer.moving_mean.value, layer.moving_variance.value)
+        current = torch.stack([v.reshape(-1) for v in moving]).to(batch.dtype)
+        usable = torch.isfinite(batch).all(dim=0)
         momentum = layer.momentum
-        for variable, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
-            batch = batch.reshape(variable.shape)
-            current = variable.value.to(batch.dtype)
-            new = current * momentum + batch * (1.0 - momentum)
-            variable.assign(torch.where(usable.reshape(variable.shape), new, current))
+        new = torch.where(usable, current * momentum + batch * (1.0 - momentum), current)
+        shape = layer.moving_mean.shape
+        layer.moving_mean.assign(new[0].reshape(shape))
+        layer.moving_variance.assign(new[1].reshape(shape))
