@@ -5,16 +5,18 @@ Usage, from the repository root, once per backend:
     python benchmarks/bench.py --backend torch              # train, bn, predict
     python benchmarks/bench.py --backend tensorflow --only experiment,train,bn,predict
     python benchmarks/bench.py --only eval,fold              # TensorFlow, MNIST needed
+    python benchmarks/bench.py --backend torch --device gpu  # the same tables on a GPU
 
 Figures:
 
 - train: one training step (`train_on_batch`, batch 32) of `deep_mnist_model` without
-  batch norm, with Keras's layer, and with `ManualBatchNorm` (closed-form backward and
+  batch norm, with Keras's layer, and with `ManualBatchNorm` on the framework's kernel
+  (`fused=None`, the default) and hand-written (`fused=False`, closed-form backward and
   autodiff), in blocks run alternately; on the PyTorch backend also the same network in
   plain PyTorch (`benchmarks/plain_torch.py`) without and with `nn.BatchNorm2d`. The
   "BN overhead" is a step with batch norm minus a step without.
 - bn: forward and backward (input, gamma and beta gradients) of batch norm alone on the
-  network's 20 shapes at batch 32, compiled as a training step is (a `tf.function`, a
+  network's 20 shapes at batch 32, the same four layers, compiled as a training step is (a `tf.function`, a
   jitted JAX function, eager PyTorch), against the backend's own kernel
   (`FusedBatchNormV3`, `torch.nn.functional.batch_norm`; Keras's layer on JAX).
 - predict: images per second of `model.predict` on 5,000 images, batches of 1,000.
@@ -28,6 +30,10 @@ Figures:
 train, bn and predict use random images (timings do not depend on the values); the
 others need MNIST in KERAS_BN_MNIST_DIR. This is a script, not a test: timings on a
 shared machine are noisy, so it reports medians and spreads and asserts nothing.
+
+Device: the frameworks use a visible GPU by themselves. `--device gpu` says which one
+ran the tables, or that none was found and the tables ran on the CPU; `--device cpu`
+hides every GPU. The machine line names the device either way.
 """
 
 import argparse
@@ -80,6 +86,54 @@ def limit_threads(backend, threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def choose_device(device):
+    """Hides the GPUs for `--device cpu`; call before any framework is imported."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def device_name(backend):
+    """Returns the device the tables run on, in words: the GPU's name, or the CPU's."""
+    name = None
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            name = f"GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            name = f"GPU {details.get('device_name', gpus[0].name)}"
+    else:
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if gpus:
+            name = f"GPU {gpus[0].device_kind}"
+    return name or f"CPU {cpu_name()} (no GPU found)"
+
+
+def synchronize():
+    """Waits for the GPU's queued work, so that a timing covers it (PyTorch runs it asynchronously)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def torch_device():
+    """Returns the device Keras's PyTorch backend puts its tensors on."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def describe(samples, unit):
     """Formats the median and the range of `samples`."""
     return (
@@ -127,6 +181,7 @@ def alternate(runners, repeats, block):
             started = time.perf_counter()
             for _ in range(block):
                 run()
+            synchronize()
             times[name].append((time.perf_counter() - started) / block * 1000)
     return times
 
@@ -153,19 +208,26 @@ def _hand_written(enabled):
 
 
 def _keras_step(bn, hand_written, batches):
-    """Returns a function running one `train_on_batch` of `deep_mnist_model(bn)`, built and warmed up."""
+    """Returns a function running one `train_on_batch` of `deep_mnist_model(bn)`, built and warmed up.
+
+    `bn` is what `deep_mnist_model` takes, `"identity"`, or `"manual-hand-written"`
+    (`ManualBatchNorm(fused=False)`).
+    """
     import keras
 
-    from keras_bn import compile_like_notebook, deep_mnist_model
+    from keras_bn import ManualBatchNorm, compile_like_notebook, deep_mnist_model
 
+    custom = {
+        # Keras's cost of 20 more layers, with nothing computed in them: the
+        # floor under any batch-norm layer's overhead in a Keras model.
+        "identity": lambda name, axis=None: keras.layers.Identity(name=name),
+        "manual-hand-written": lambda name, axis=-1: ManualBatchNorm(name=name, axis=axis, fused=False),
+    }
     with _hand_written(hand_written):
         keras.utils.set_random_seed(0)
-        if bn == "identity":
-            # Keras's cost of 20 more layers, with nothing computed in them: the
-            # floor under any batch-norm layer's overhead in a Keras model.
+        if bn in custom:
             model = deep_mnist_model(
-                bn=lambda name, axis=None: keras.layers.Identity(name=name),
-                data_format=deep_mnist_model(bn="manual").get_layer("conv1").data_format,
+                bn=custom[bn], data_format=deep_mnist_model(bn="manual").get_layer("conv1").data_format
             )
         else:
             model = deep_mnist_model(bn=bn)
@@ -189,8 +251,12 @@ def _plain_torch_step(bn, batches):
     from benchmarks.plain_torch import plain_torch_model, plain_torch_step
 
     torch.manual_seed(0)
-    model, optimizer, loss_fn = plain_torch_model(bn)
-    tensors = [(torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y)) for x, y in batches]
+    device = torch_device()
+    model, optimizer, loss_fn = plain_torch_model(bn, device=device)
+    tensors = [
+        (torch.tensor(x, device=device).permute(0, 3, 1, 2).contiguous(), torch.tensor(y, device=device))
+        for x, y in batches
+    ]
     cycle = iter(range(10**9))
 
     def step():
@@ -201,12 +267,16 @@ def _plain_torch_step(bn, batches):
     return step
 
 
+NATIVE = "ManualBatchNorm, fused=None (kernel)"
+CLOSED_FORM = "ManualBatchNorm, fused=False, closed-form"
+AUTODIFF = "ManualBatchNorm, fused=False, autodiff"
 TRAIN_VARIANTS = {
     "no BN": (None, True),
     "keras.layers.Identity in place of BN": ("identity", True),
     "Keras BatchNormalization": ("keras", True),
-    "ManualBatchNorm, closed-form backward": ("manual", True),
-    "ManualBatchNorm, autodiff backward": ("manual", False),
+    NATIVE: ("manual", True),
+    CLOSED_FORM: ("manual-hand-written", True),
+    AUTODIFF: ("manual-hand-written", False),
 }
 
 
@@ -224,16 +294,17 @@ def bench_train(repeats, block=10):
     for name, samples in times.items():
         print(f"train       {name:38s}: {describe(samples, 'ms')}")
     for base, names in (
-        ("no BN", ["keras.layers.Identity in place of BN", "Keras BatchNormalization", "ManualBatchNorm, closed-form backward",
-                   "ManualBatchNorm, autodiff backward"]),
+        ("no BN", ["keras.layers.Identity in place of BN", "Keras BatchNormalization", NATIVE, CLOSED_FORM, AUTODIFF]),
         ("plain PyTorch, no BN", ["plain PyTorch, nn.BatchNorm2d"]),
     ):
         for name in names:
             if name in medians:
                 print(f"train       BN overhead, {name:26s}: {medians[name] - medians[base]:.1f} ms")
-    for name in ("ManualBatchNorm, closed-form backward", "ManualBatchNorm, autodiff backward"):
+    for name in (NATIVE, CLOSED_FORM, AUTODIFF):
         ratio = medians[name] / medians["Keras BatchNormalization"]
         print(f"train       ratio {name} / Keras   : {ratio:.3f}")
+    for name in (CLOSED_FORM, AUTODIFF):
+        print(f"train       ratio {NATIVE} / {name}: {medians[NATIVE] / medians[name]:.3f}")
 
 
 def _bn_shapes():
@@ -300,7 +371,8 @@ def _layers_fwd_bwd(make_layer, shapes, hand_written):
         return lambda: jax.block_until_ready(grad(*args))
     import torch
 
-    data = [(torch.tensor(x, requires_grad=True), torch.tensor(dy)) for x, dy in data]
+    device = torch_device()
+    data = [(torch.tensor(x, device=device, requires_grad=True), torch.tensor(dy, device=device)) for x, dy in data]
 
     def run():
         with _hand_written(hand_written):
@@ -349,10 +421,12 @@ def _native_fwd_bwd(shapes, axis):
         import torch
         import torch.nn.functional as F
 
-        tensors = [(torch.tensor(x, requires_grad=True), torch.tensor(dy)) for x, dy in data]
+        device = torch_device()
+        tensors = [(torch.tensor(x, device=device, requires_grad=True), torch.tensor(dy, device=device))
+                   for x, dy in data]
         channel = [s[axis] if len(s) == 4 else s[-1] for s in shapes]
-        params = [(torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True),
-                   torch.zeros(c), torch.ones(c)) for c in channel]
+        params = [(torch.ones(c, device=device, requires_grad=True), torch.zeros(c, device=device, requires_grad=True),
+                   torch.zeros(c, device=device), torch.ones(c, device=device)) for c in channel]
         if axis != 1:
             return None  # F.batch_norm is NCHW only
 
@@ -363,7 +437,35 @@ def _native_fwd_bwd(shapes, axis):
 
         run()
         return run
-    return None  # JAX: Keras's layer is the reference
+    return _jax_fwd_bwd(data)
+
+
+def _jax_fwd_bwd(data):
+    """Returns a function: batch norm in plain `jax.numpy` (two passes), jitted, forward and backward.
+
+    JAX has no batch-norm kernel; this is the floor of what XLA makes of the formula
+    with no Keras layer around it. Prints how many fusions XLA compiled it into.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def loss(params, xs):
+        total = 0.0
+        for (gamma, beta), x, (_, dy) in zip(params, xs, data):
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            centered = x - mean
+            var = jnp.mean(centered * centered, axis=axes)
+            total += jnp.sum((centered * jax.lax.rsqrt(var + 1e-3) * gamma + beta) * dy)
+        return total
+
+    params = [(jnp.ones(x.shape[-1]), jnp.zeros(x.shape[-1])) for x, _ in data]
+    xs = [jnp.asarray(x) for x, _ in data]
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    fusions = grad.lower(params, xs).compile().as_text().count("fusion(")
+    print(f"bn          plain jax.numpy: {fusions} fusions in the compiled forward and backward")
+    jax.block_until_ready(grad(params, xs))
+    return lambda: jax.block_until_ready(grad(params, xs))
 
 
 def bench_bn(repeats, block=10):
@@ -380,18 +482,24 @@ def bench_bn(repeats, block=10):
     runners = {
         "Keras BatchNormalization": _layers_fwd_bwd(
             lambda r: keras.layers.BatchNormalization(axis=axis_for(r)), shapes, True),
-        "ManualBatchNorm, closed-form backward": _layers_fwd_bwd(
-            lambda r: ManualBatchNorm(axis=axis_for(r)), shapes, True),
-        "ManualBatchNorm, autodiff backward": _layers_fwd_bwd(
-            lambda r: ManualBatchNorm(axis=axis_for(r)), shapes, False),
+        NATIVE: _layers_fwd_bwd(lambda r: ManualBatchNorm(axis=axis_for(r)), shapes, True),
+        CLOSED_FORM: _layers_fwd_bwd(
+            lambda r: ManualBatchNorm(axis=axis_for(r), fused=False), shapes, True),
+        AUTODIFF: _layers_fwd_bwd(
+            lambda r: ManualBatchNorm(axis=axis_for(r), fused=False), shapes, False),
     }
     native = _native_fwd_bwd(shapes, conv_axis % 4)
     if native is not None:
-        runners["native kernel"] = native
+        runners["native kernel" if keras.backend.backend() != "jax" else "plain jax.numpy (no kernel)"] = native
     times = alternate(runners, repeats, block)
+    medians = {name: statistics.median(samples) for name, samples in times.items()}
     print(f"bn          20 shapes, {shapes[0]} .. {shapes[-1]}")
     for name, samples in times.items():
         print(f"bn          {name:38s}: {describe(samples, 'ms')}")
+    for name in (NATIVE, CLOSED_FORM, AUTODIFF):
+        for base in ("native kernel", "plain jax.numpy (no kernel)", "Keras BatchNormalization"):
+            if base in medians:
+                print(f"bn          ratio {name} / {base}: {medians[name] / medians[base]:.3f}")
 
 
 def bench_predict(repeats):
@@ -399,13 +507,19 @@ def bench_predict(repeats):
     import keras
     import numpy as np
 
-    from keras_bn import deep_mnist_model
+    from keras_bn import ManualBatchNorm, deep_mnist_model
 
     images = np.random.default_rng(0).random((5000, 28, 28, 1), dtype="float32")
     models = {}
-    for name, bn in (("no BN", None), ("Keras BatchNormalization", "keras"), ("ManualBatchNorm", "manual")):
+    data_format = deep_mnist_model(bn="manual").get_layer("conv1").data_format
+    for name, bn in (
+        ("no BN", None),
+        ("Keras BatchNormalization", "keras"),
+        ("ManualBatchNorm, fused=None (kernel)", "manual"),
+        ("ManualBatchNorm, fused=False", lambda name, axis=-1: ManualBatchNorm(name=name, axis=axis, fused=False)),
+    ):
         keras.utils.set_random_seed(0)
-        models[name] = deep_mnist_model(bn=bn)
+        models[name] = deep_mnist_model(bn=bn, data_format=data_format)
         models[name].predict(images[:1000], batch_size=1000, verbose=0)
     times = alternate(
         {name: (lambda m=m: m.predict(images, batch_size=1000, verbose=0)) for name, m in models.items()},
@@ -418,23 +532,29 @@ def bench_predict(repeats):
 
 
 def bench_eval(repeats):
-    """Times NotebookLogger's evaluation of the 5,000 validation images."""
+    """Times NotebookLogger's evaluation of the 5,000 validation images, kernel and hand-written, alternately."""
     import keras
 
-    from keras_bn import NotebookLogger, compile_like_notebook, deep_mnist_model
+    from keras_bn import ManualBatchNorm, NotebookLogger, compile_like_notebook, deep_mnist_model
 
     data = _mnist()
-    keras.utils.set_random_seed(0)
-    model = compile_like_notebook(deep_mnist_model(bn="manual"))
-    logger = NotebookLogger(None, data.validation, data.test)
-    logger.set_model(model)
-    logger.evaluate(*data.validation)  # trace
-    samples = []
+    data_format = deep_mnist_model(bn="manual").get_layer("conv1").data_format
+    loggers = {}
+    for name, fused in (("fused=None (kernel)", None), ("fused=False", False)):
+        keras.utils.set_random_seed(0)
+        bn = lambda name, axis=-1, fused=fused: ManualBatchNorm(name=name, axis=axis, fused=fused)  # noqa: E731
+        model = compile_like_notebook(deep_mnist_model(bn=bn, data_format=data_format))
+        loggers[name] = NotebookLogger(None, data.validation, data.test)
+        loggers[name].set_model(model)
+        loggers[name].evaluate(*data.validation)  # trace
+    samples = {name: [] for name in loggers}
     for _ in range(repeats):
-        started = time.perf_counter()
-        logger.evaluate(*data.validation)
-        samples.append(len(data.validation.images) / (time.perf_counter() - started))
-    print(f"eval        5,000 validation images    : {describe(samples, 'images/s')}")
+        for name, logger in loggers.items():
+            started = time.perf_counter()
+            logger.evaluate(*data.validation)
+            samples[name].append(len(data.validation.images) / (time.perf_counter() - started))
+    for name, rates in samples.items():
+        print(f"eval        5,000 validation images, {name:20s}: {describe(rates, 'images/s')}")
 
 
 def bench_fold(repeats):
@@ -473,6 +593,8 @@ def main():
     parser.add_argument(
         "--experiment-repeats", type=int, default=3, help="rounds of the whole-command figure"
     )
+    parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                        help="gpu: say which GPU ran the tables, or that none was found; cpu: hide the GPUs")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per op (default: the framework's, all cores); 1 on a busy machine")
     args = parser.parse_args()
@@ -481,6 +603,7 @@ def main():
     if unknown:
         parser.error(f"--only takes names from {', '.join(FIGURES)}. Received: {unknown}")
     os.environ["KERAS_BACKEND"] = args.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    choose_device(args.device)
     if args.threads:
         # Before any framework starts: XLA reads its flags once.
         os.environ["XLA_FLAGS"] = (
@@ -500,6 +623,10 @@ def main():
     print(f"machine     {cpu_name()}, {cores()} cores, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f}, threads per op {args.threads or 'default'}")
     print(f"software    Keras {keras.__version__}, backend {backend} {framework.__version__}")
+    device = device_name(backend)
+    print(f"device      {device}")
+    if args.device == "gpu" and not device.startswith("GPU"):
+        print("device      --device gpu: no GPU found, so these tables ran on the CPU")
     if "experiment" in chosen:
         bench_experiment(args.experiment_repeats)
     if "train" in chosen:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 
-def plain_torch_model(bn):
-    """Returns `(model, optimizer, loss_fn)` for the notebook's network, with `nn.BatchNorm` if `bn`."""
+def plain_torch_model(bn, device="cpu"):
+    """Returns `(model, optimizer, loss_fn)` for the notebook's network, with `nn.BatchNorm` if `bn`, on `device`."""
     layers, channels = [], 1
     for depth in range(1, 20):
         layers.append(
@@ -27,7 +27,7 @@ def plain_torch_model(bn):
     if bn:
         layers.append(nn.BatchNorm1d(100, eps=1e-3, momentum=0.01))
     layers += [nn.ReLU(), nn.Linear(100, 10)]
-    model = nn.Sequential(*layers)
+    model = nn.Sequential(*layers).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.002, betas=(0.9, 0.999), eps=1e-8)
     return model, optimizer, nn.BCEWithLogitsLoss()
 
