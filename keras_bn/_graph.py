@@ -18,6 +18,7 @@ with its tensors. On top of it this module:
 Nothing here imports `keras.src`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -169,6 +170,22 @@ def _clone_operation(operation):
         return operation  # stateless: sharing it between graphs is harmless
 
 
+@contextlib.contextmanager
+def _global_policy(layer):
+    """Makes `layer`'s dtype policy the global one for a while.
+
+    A custom layer (keras-hub's blocks) may create its sub-layers without
+    passing its `dtype` on, so they take the global policy: a copy made under
+    another global policy than the original's would compute in another dtype.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(layer.dtype_policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def clone_layer(layer, path):
     """Returns a new, unbuilt layer configured like `layer` (its weights are copied after the rebuild)."""
     if isinstance(layer, keras.layers.Lambda):
@@ -179,7 +196,8 @@ def clone_layer(layer, path):
             arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy,
         )
     try:
-        return type(layer).from_config(layer.get_config())
+        with _global_policy(layer):
+            return type(layer).from_config(layer.get_config())
     except Exception as error:  # noqa: BLE001 - any failure means the same thing here
         raise ValueError(
             f"Layer {path!r} of type {type(layer).__name__} cannot be rebuilt: "
@@ -240,11 +258,13 @@ def _call(operation, *args, **kwargs):
     A replacement (a `GroupNormalization` for a batch norm) may not take every
     keyword argument that Keras passed to the layer it replaces.
     """
-    if isinstance(operation, keras.layers.Layer) and not is_graph_model(operation):
-        parameters = inspect.signature(operation.call).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            kwargs = {k: v for k, v in kwargs.items() if k in parameters or k not in ("mask", "training")}
-    return operation(*args, **kwargs)
+    if not isinstance(operation, keras.layers.Layer) or is_graph_model(operation):
+        return operation(*args, **kwargs)
+    parameters = inspect.signature(operation.call).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in parameters or k not in ("mask", "training")}
+    with _global_policy(operation):  # sub-layers made in build() take the layer's policy
+        return operation(*args, **kwargs)
 
 
 class _Tracer(Rebuilder):
@@ -277,18 +297,43 @@ class _Tracer(Rebuilder):
 
     def _inline(self, model, prefix, inputs, inherited):
         """Calls the layers of the nested `model` on `inputs`, recording each call; returns its outputs."""
+        record = self._recorder(prefix, inherited)
         if isinstance(model, keras.Sequential):
-            outputs, record = inputs, self._recorder(prefix, inherited)
+            outputs = inputs
             for layer in model.layers:
                 outputs = record(self._operation(layer, prefix), outputs)
         else:
-            outputs = keras.models.clone_model(
-                model, input_tensors=inputs, clone_function=lambda op: self._operation(op, prefix),
-                call_function=self._recorder(prefix, inherited),
-            ).output
+            outputs = self._replay(model, prefix, inputs, record)
         for x in keras.tree.flatten(outputs):
             self.graph.outputs.setdefault(id(x), prefix.rstrip("/"))
         return outputs
+
+    def _replay(self, model, prefix, inputs, record):
+        """Calls the operations of the Functional `model`, in its order, on `inputs`; returns its outputs.
+
+        `clone_model(model, input_tensors=inputs)` would not do: a Functional
+        model made on tensors that are not `Input`s copies its graph, so its
+        outputs would not be connected to `inputs`.
+        """
+        calls = []
+
+        def collect(operation, *args, **kwargs):
+            outputs = operation(*args, **kwargs)
+            calls.append((operation, args, kwargs, outputs))
+            return outputs
+
+        copy = keras.models.clone_model(model, clone_function=lambda op: op, call_function=collect)
+        # A model whose input is `[x]` may be called on `x`.
+        known = dict(zip(map(id, keras.tree.flatten(copy.input)), keras.tree.flatten(inputs)))
+
+        def mapped(x):
+            return known.get(id(x), x) if isinstance(x, keras.KerasTensor) else x
+
+        for operation, args, kwargs, outputs in calls:
+            args, kwargs = keras.tree.map_structure(mapped, (args, kwargs))
+            results = record(self._operation(operation, prefix), *args, **kwargs)
+            known.update(zip(map(id, keras.tree.flatten(outputs)), keras.tree.flatten(results)))
+        return keras.tree.map_structure(mapped, copy.output)
 
     def _recorder(self, prefix, inherited):
         """Returns a `call_function` that calls each operation and records the call.
@@ -319,24 +364,31 @@ def hidden(model):
     return {path: layer for path, layer in graph_layers(model).items() if _children(layer)}
 
 
-def refuse_hidden(model, is_target, caller):
-    """Raises a `ValueError` naming the `is_target` layers inside layers whose call() no graph shows."""
+def refuse_hidden(model, is_target, caller, custom_layers="raise"):
+    """Raises a `ValueError` naming the layers inside layers whose call() no graph shows that `is_target(path, layer)`.
+
+    With `custom_layers="keep"` it returns their paths instead.
+    """
+    if custom_layers not in ("raise", "keep"):
+        raise ValueError(f'`custom_layers` must be "raise" or "keep". Received: custom_layers={custom_layers!r}')
     found = []
     for where, layer in hidden(model).items():
         prefix = where + "/" if where else ""
-        found += [path for path, inner in sublayers(layer, prefix).items() if is_target(inner)]
-    if not found:
-        return
+        found += [path for path, inner in sublayers(layer, prefix).items() if is_target(path, inner)]
+    found = list(dict.fromkeys(found))
+    if not found or custom_layers == "keep":
+        return found
     if not is_graph_model(model):
         where = f"the subclassed model {model.name!r} ({type(model).__name__}), whose call() it cannot see"
     else:
         where = "layers whose call() it cannot see (they are not Functional graphs)"
     raise ValueError(
         f"{caller} cannot replace these layers inside {where}: "
-        f"{', '.join(repr(p) for p in dict.fromkeys(found))}. Nothing was changed. Build those "
-        "layers (or the model) with the layer you want in place, e.g. ManualBatchNorm, which takes "
-        "the same arguments as keras.layers.BatchNormalization, and copy the weights with "
-        "new_model.set_weights(model.get_weights()); or build the model with the Functional API."
+        f"{', '.join(map(repr, found))}. Nothing was changed. Pass custom_layers=\"keep\" to "
+        "leave them as they are and replace the others; or build those layers (or the model) "
+        "with the layer you want in place, e.g. ManualBatchNorm, which takes the same arguments "
+        "as keras.layers.BatchNormalization, and copy the weights with "
+        "new_model.set_weights(model.get_weights())."
     )
 
 
@@ -374,7 +426,8 @@ def rebuild(model, replace, weights_for=None):
     layer, or `None` to copy the old layer's weights as they are.
     """
     rebuilder = Rebuilder(replace)
-    new_model = rebuilder.model(model)
+    with _global_policy(model):
+        new_model = rebuilder.model(model)
     _copy_weights(rebuilder.pairs, weights_for)
     if _is_task(model):
         new_model = _as_task(model, new_model)
@@ -411,7 +464,8 @@ def _as_task(task, rebuilt):
     config["backbone"] = rebuilt.get_layer(task.backbone.name)
     config["preprocessor"] = task.preprocessor
     try:
-        new = type(task)(**config)
+        with _global_policy(task):
+            new = type(task)(**config)
         for layer in new.layers:
             if layer is not config["backbone"] and layer.weights:
                 layer.set_weights(rebuilt.get_layer(layer.name).get_weights())

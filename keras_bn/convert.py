@@ -163,7 +163,7 @@ def _check_options(to, options):
     return target
 
 
-def convert_batch_norm(model, *, to="manual", **options):
+def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     """Returns a new model with its batch normalizations swapped for another layer, weights included.
 
     - `to="manual"`: each `keras.layers.BatchNormalization` becomes a
@@ -199,8 +199,10 @@ def convert_batch_norm(model, *, to="manual", **options):
     Batch norms anywhere in the model's graph are converted: in nested
     Sequential and Functional models and Functional subclasses (keras-hub
     backbones and tasks) too. One inside a layer whose `call` is not a graph
-    (a custom block, a subclassed model) cannot be replaced: the call raises,
-    naming it. Every other layer, and every weight, is copied; the original
+    (a custom block, as in keras-hub's MobileNet, EfficientNet and HGNetV2
+    backbones, or a subclassed model) cannot be replaced: the call raises,
+    naming each, unless `custom_layers="keep"` leaves them as they are. Every
+    other layer, and every weight, is copied; the original
     model is not modified. A weight that only the new layer has starts at its
     initial value: converting to `ManualBatchNorm(momentum=None)` starts its
     batch count at 0, so its first training batch replaces the moving
@@ -211,6 +213,9 @@ def convert_batch_norm(model, *, to="manual", **options):
         to: `"manual"`, `"keras"`, `"synchronized"`, `"unsynchronized"`,
             `"group_norm"`, `"layer_norm"` or `"identity"`. Defaults to
             `"manual"`.
+        custom_layers: What to do with batch norms inside layers whose
+            `call` is not a graph: `"raise"` a `ValueError` that names them,
+            or `"keep"` them unconverted. Defaults to `"raise"`.
         **options: Constructor arguments set on every converted layer, on top
             of the configuration it had.
 
@@ -247,7 +252,7 @@ def convert_batch_norm(model, *, to="manual", **options):
     """
     _graph.check_model(model, "convert_batch_norm")
     target = _check_options(to, options)
-    _graph.refuse_hidden(model, target.converts, "convert_batch_norm")
+    _graph.refuse_hidden(model, lambda path, layer: target.converts(layer), "convert_batch_norm", custom_layers)
     converted, refused = set(), []
 
     def replace(path, layer):

@@ -133,16 +133,16 @@ def _selector(layers, caller):
                                    for p in patterns)
 
 
-def _swap(model, layers, caller, is_source, make):
+def _swap(model, layers, caller, is_source, make, custom_layers="raise"):
     """Rebuilds `model` with `make(layer)` in place of each selected `is_source` layer, weights carried."""
     _graph.check_model(model, caller)
     select = _selector(layers, caller)
     candidates = {path: layer for path, layer in _graph.sublayers(model).items() if is_source(layer)}
     chosen = {path for path, layer in candidates.items() if select(path, layer)}
+    chosen -= set(_graph.refuse_hidden(model, lambda path, layer: path in chosen, caller, custom_layers))
     if not chosen:
         raise ValueError(f"{caller}: `layers` selects none of the model's {len(candidates)} candidate "
                          f"layer(s) ({', '.join(candidates) or 'none'}). Received: layers={layers!r}")
-    _graph.refuse_hidden(model, lambda layer: is_source(layer), caller)
 
     def replace(path, layer):
         return make(layer) if path in chosen else None
@@ -160,7 +160,7 @@ def _frozen_like(layer, trainable_affine):
                            name=layer.name, dtype=layer.dtype_policy.name)
 
 
-def freeze_batch_norm(model, layers=None, *, trainable_affine=False):
+def freeze_batch_norm(model, layers=None, *, trainable_affine=False, custom_layers="raise"):
     """Returns a new model whose chosen batch norms are `FrozenBatchNorm` layers, weights included.
 
     Each chosen `keras.layers.BatchNormalization` or `ManualBatchNorm` becomes
@@ -178,6 +178,10 @@ def freeze_batch_norm(model, layers=None, *, trainable_affine=False):
             predicate `(path, layer) -> bool`. Defaults to `None`.
         trainable_affine: Whether the frozen layers' `gamma` and `beta` stay
             trainable. Defaults to `False`.
+        custom_layers: What to do with batch norms inside layers whose
+            `call` is not a graph (custom blocks): `"raise"` a `ValueError`
+            that names them, or `"keep"` them as they are. Defaults to
+            `"raise"`.
 
     Returns:
         A new `keras.Model`, uncompiled unless `model` was compiled.
@@ -199,7 +203,7 @@ def freeze_batch_norm(model, layers=None, *, trainable_affine=False):
     ('FrozenBatchNorm', 2)
     """
     return _swap(model, layers, "freeze_batch_norm", _graph.is_batch_norm,
-                 lambda layer: _frozen_like(layer, trainable_affine))
+                 lambda layer: _frozen_like(layer, trainable_affine), custom_layers)
 
 
 def _unfrozen(layer):

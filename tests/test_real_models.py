@@ -1,0 +1,210 @@
+"""The tools on networks nobody here wrote: keras.applications and keras-hub, from tests/zoo.py.
+
+Each model is built offline with random weights and drawn batch-norm statistics
+(`zoo.build`), then folded, converted, frozen, recalibrated and watched by
+`LayerStatistics`, against the model itself: the folded and converted models
+must predict what it predicts, the converted one must also train like it.
+
+Which models run where, to keep CI short: every model on TensorFlow; on PyTorch
+the keras-hub models and three applications (MobileNetV3Small for its plain
+`x * scale + offset` operations, ResNet50V2, EfficientNetB0); on JAX, where
+building compiles each initializer (minutes for the applications), four small
+keras-hub models, one of them with batch norms inside custom blocks.
+
+Training mode is compared in float64 on TensorFlow: through 50 to 200 layers of
+batch statistics on 2 samples, float32 round-off grows to 1e-3 of the outputs'
+scale, which would hide a real difference. JAX has float64 only with
+jax_enable_x64, and Keras's own layer reduces float64 in float32 on PyTorch, so
+the other backends compare float32, on the keras-hub models that are shallow.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+
+import keras
+import zoo
+from helpers import to_numpy
+from keras_bn import (
+    FrozenBatchNorm,
+    LayerStatistics,
+    ManualBatchNorm,
+    convert_batch_norm,
+    fold_batch_norm,
+    freeze_batch_norm,
+    recalibrate_batch_norm,
+)
+
+BACKEND = keras.backend.backend()
+_ON_TORCH = ("MobileNetV3Small", "ResNet50V2", "EfficientNetB0")
+_ON_JAX = ("ResNetBackbone(v2)", "DenseNetBackbone", "MobileNetBackbone", "ResNetImageClassifier(preprocessor)")
+# Relative to the largest output: float32 through 200 layers of folded
+# (float64-computed, float32-stored) weights lands within 1e-4.
+FOLD_RTOL = 2e-4
+
+
+def _runs_here(name):
+    """Whether `name` runs on this backend (see the module docstring)."""
+    if BACKEND == "tensorflow":
+        return True
+    if BACKEND == "torch":
+        return name.startswith("keras_hub.") or name.endswith(_ON_TORCH)
+    return name.endswith(_ON_JAX)
+
+
+NAMES = [name for name in zoo.MODELS if _runs_here(name)]
+
+
+@functools.cache
+def _built(name, dtype="float32"):
+    """The zoo model (built once per module run) and its sample input."""
+    model = zoo.build(name, dtype=dtype)
+    return model, zoo.sample_input(model, batch=2).astype(dtype)
+
+
+def _outputs(model, x, training=False):
+    """The model's outputs on `x`, flattened to a list of float64 arrays."""
+    return [np.asarray(to_numpy(y), dtype="float64") for y in keras.tree.flatten(model(x, training=training))]
+
+
+def _assert_close(actual, expected, rtol, what):
+    """Asserts every output agrees to `rtol` of the largest output's magnitude."""
+    for a, e in zip(actual, expected, strict=True):
+        scale = max(np.abs(e).max(), 1.0)
+        error = np.abs(a - e).max() / scale
+        assert error <= rtol, f"{what}: largest difference {error:.2e} of the outputs' scale {scale:.3g}"
+
+
+# keras-hub's HierarchicalTransformerEncoder (SegFormer's MiT encoder) cannot be
+# rebuilt from its own config: its get_config() returns `mlp` and `drop_prop`,
+# which its constructor does not take. Every tool that rebuilds refuses it, naming it.
+_REFUSED = {"keras_hub.SegFormerBackbone": r"'.*hierarchical_encoder_0_0' of type HierarchicalTransformerEncoder cannot be rebuilt"}
+
+
+def _refused(name, tool, *args, **kwargs):
+    """Runs `tool`, or checks that it refuses a model the zoo knows it must refuse; returns whether it ran."""
+    if name not in _REFUSED:
+        return False
+    with pytest.raises(ValueError, match=_REFUSED[name]):
+        tool(*args, **kwargs)
+    return True
+
+
+def _no_dropout(model):
+    """Sets every dropout rate to 0, so that training-mode calls of two models are comparable."""
+    for layer in zoo.walk_layers(model):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    return model
+
+
+def _unused(name):
+    """Batch norms that the model keeps but never calls (BASNet's image encoder's conv1_bn)."""
+    return 1 if "BASNet" in name else 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fold_predicts_the_same_and_accounts_for_every_batch_norm(name):
+    model, x = _built(name)
+    if _refused(name, fold_batch_norm, model):
+        return
+    expected = _outputs(model, x)
+    folded, report = fold_batch_norm(model, return_report=True)
+    _assert_close(_outputs(folded, x), expected, FOLD_RTOL, f"{name} folded")
+    count = len(zoo.batch_norm_layers(model)) - _unused(name)
+    assert len(report.folded) + len(report.kept) == count, report
+    hidden = len(zoo.custom_batch_norm_layers(model)) - _unused(name)
+    assert sum("whose call() keras-bn cannot see" in why for why in report.kept.values()) == hidden
+    assert not any(isinstance(layer, FrozenBatchNorm) for layer in folded.layers)
+
+
+def _convert_dtype():
+    """float64 where both layers compute in it (TensorFlow), else float32."""
+    return "float64" if BACKEND == "tensorflow" else "float32"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if BACKEND == "tensorflow" or n.startswith("keras_hub.")])
+def test_conversion_predicts_and_trains_the_same(name):
+    dtype = _convert_dtype()
+    model, x = _built(name, dtype)
+    if _refused(name, convert_batch_norm, model, custom_layers="keep"):
+        return
+    custom = zoo.custom_batch_norm_layers(model)
+    if custom:
+        with pytest.raises(ValueError, match=r"cannot replace these layers inside layers whose call\(\)"):
+            convert_batch_norm(model)
+    converted = _no_dropout(convert_batch_norm(_no_dropout(model), custom_layers="keep"))
+    manual = zoo.batch_norm_layers(converted, ManualBatchNorm)
+    assert len(manual) == len(zoo.batch_norm_layers(model)) - len(custom) - _unused(name)
+    # float64 round-off, amplified by batch statistics of 2 samples through up to
+    # 200 layers, reaches 6e-6 (EfficientNetV2B0); float32's reaches 1e-4 on the
+    # shallow keras-hub models.
+    rtol = 1e-5 if dtype == "float64" else 1e-3
+    _assert_close(_outputs(converted, x), _outputs(model, x), rtol, f"{name} converted, inference")
+    # Training mode: batch statistics, and the moving averages it leaves behind.
+    _assert_close(_outputs(converted, x, True), _outputs(model, x, True), rtol, f"{name} converted, training")
+    _assert_close(_outputs(converted, x), _outputs(model, x), rtol, f"{name} converted, after a training call")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("keras_hub.")] + ["keras.applications.MobileNetV3Small"])
+def test_frozen_model_is_the_inference_model_in_training_mode(name):
+    if name not in NAMES:
+        pytest.skip(f"{name} does not run on {BACKEND} (see the module docstring)")
+    model, x = _built(name)
+    if _refused(name, freeze_batch_norm, model):
+        return
+    if len(zoo.custom_batch_norm_layers(model)) > _unused(name):
+        with pytest.raises(ValueError, match=r"freeze_batch_norm cannot replace these layers inside layers"):
+            freeze_batch_norm(model)
+        pytest.skip("batch norms inside custom blocks cannot be frozen; the refusal names them")
+    frozen = _no_dropout(freeze_batch_norm(model))
+    frozen.trainable = True
+    _assert_close(_outputs(frozen, x, training=True), _outputs(model, x), FOLD_RTOL, f"{name} frozen")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recalibration_gives_every_batch_norm_the_statistics_numpy_computes(name):
+    # One batch as the data: each batch norm's new statistics are the mean and
+    # the (biased) variance of the inputs it receives in a training-mode call on
+    # that batch, computed here in NumPy from what Keras feeds it. (Comparing
+    # outputs instead would not do: on 4 samples, float32 round-off in the
+    # statistics grows 1e4-fold through 50 layers of batch statistics.)
+    model = _no_dropout(zoo.build(name))
+    x = zoo.sample_input(model, batch=4)
+    layers = zoo.batch_norm_layers(model)
+    top = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    inputs = keras.Model(model.input, [layer.input for layer in top])(x, training=True) if top else []
+    before = [to_numpy(layer.moving_mean).copy() for layer in layers]
+    recalibrate_batch_norm(model, x, batch_size=4)
+    for layer, h in zip(top, inputs):
+        h = np.asarray(to_numpy(h), dtype="float64")
+        axes = tuple(range(h.ndim - 1))
+        for name_, expected in (("moving_mean", h.mean(axes)), ("moving_variance", h.var(axes))):
+            actual = to_numpy(getattr(layer, name_))
+            # float32 statistics against NumPy's float64 ones: round-off of the inputs, which a
+            # traced and an eager forward pass compute in different orders, grows to 1e-4
+            # of their scale in the last layers.
+            scale = max(np.abs(expected).max(), 1e-2)
+            assert np.abs(actual - expected).max() <= 1e-3 * scale, (layer.name, name_)
+    # Every batch norm the model calls was reached, custom blocks' included.
+    unchanged = [layer.name for layer, old in zip(layers, before) if np.array_equal(to_numpy(layer.moving_mean), old)]
+    assert len(unchanged) == _unused(name), unchanged
+
+
+@pytest.mark.parametrize("name", ["keras_hub.ResNetImageClassifier", "keras.applications.MobileNetV3Small"])
+def test_layer_statistics_records_layers_of_nested_models(name):
+    if name not in NAMES:
+        pytest.skip(f"{name} does not run on {BACKEND} (see the module docstring)")
+    model = zoo.build(name)
+    x = zoo.sample_input(model, batch=4)
+    y = np.arange(4) % 3
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=[])
+    stats = LayerStatistics(x, every=1)
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=[stats])
+    assert stats.history["step"] == [1, 2]
+    assert stats.input_paths and stats.kernel_paths
+    for series in [*stats.history["inputs"].values(), *stats.history["gradient_norms"].values()]:
+        assert len(series) == 2 and np.all(np.isfinite(series))
+    if "Classifier" in name:
+        assert any(path.startswith("res_net_backbone/") for path in stats.input_paths), stats.input_paths
