@@ -552,3 +552,35 @@ def test_the_command_and_run_config_take_the_dropout_mode():
     assert (args.recalibrate, args.recalibrate_dropout) == (3, "training")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--recalibrate-dropout", "on"])
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax",
+                    reason="compiling EfficientNetB0's training-mode step takes 30 s of CI on JAX "
+                    "(it passes there, measured); the JAX path is checked on the small models above")
+def test_efficientnet_frozen_with_dropout_in_inference_matches_a_copy_without_dropout():
+    """keras.applications.EfficientNetB0 (drop-connect Dropout layers before its batch norms), frozen.
+
+    The reference is the same network with every Dropout replaced by an Identity,
+    trainable, recalibrated with dropout in training mode: there is none to run.
+    """
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=4)
+    assert any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+
+    def without_dropout(layer):
+        if isinstance(layer, keras.layers.Dropout):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    reference = keras.models.clone_model(model, clone_function=without_dropout)
+    reference.set_weights(model.get_weights())
+    x = np.random.default_rng(0).uniform(0.0, 255.0, size=(16, 32, 32, 3)).astype("float32")
+    model.trainable = False
+    recalibrate_batch_norm(model, x, batch_size=8, include_frozen=True)
+    recalibrate_batch_norm(reference, x, batch_size=8, dropout="training")
+    assert not any(layer.trainable for layer in batch_norm_layers(model))
+    pairs = list(zip(batch_norm_layers(model), batch_norm_layers(reference)))
+    assert len(pairs) == 49
+    for ours, expected in pairs:
+        np.testing.assert_allclose(_np(ours.moving_mean), _np(expected.moving_mean), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_np(ours.moving_variance), _np(expected.moving_variance), rtol=1e-4, atol=1e-5)
