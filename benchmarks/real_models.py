@@ -1,121 +1,180 @@
-"""fold_batch_norm and convert_batch_norm on keras.applications: what folds, the errors, the speed-up.
+"""The tools on real models: what fold_batch_norm, convert_batch_norm and recalibrate_batch_norm do to each.
 
-Usage (any backend, from the repository root; no download: weights=None):
+Usage, from the repository root (no download: random weights):
 
-    python benchmarks/real_models.py
-    python benchmarks/real_models.py --models MobileNetV2 --size 96 --repeats 7
+    python benchmarks/real_models.py                      # every backend, the table for the docs
+    python benchmarks/real_models.py --backends tensorflow --models ResNet50,MobileNetBackbone
 
-For each model: how many batch norms `fold_batch_norm` folded and kept, the largest
-difference of the folded and of the converted model's inference logits relative to
-the logits' scale, and the same for training mode after `convert_batch_norm` in
-float64 (on TensorFlow; float32 elsewhere). Then inference throughput of the
-original and the folded model, run alternately, as medians. A script, not a test:
-it asserts nothing.
+Each backend runs in its own process (Keras picks its backend once per process),
+over the test bed of tests/zoo.py: every keras.applications family with batch
+normalization and every keras-hub vision backbone with it, plus a keras-hub
+image classifier, built at 32 to 75 pixels. For each model it prints:
+
+- found: the batch norms in the model at any depth (counted by tests/zoo.py,
+  not by keras-bn);
+- folded / kept: what `fold_batch_norm` did, with the reasons of the kept
+  ones grouped;
+- fold error: the largest difference of the folded model's inference outputs
+  from the model's, relative to the outputs' scale, on 2 samples;
+- converted: the batch norms `convert_batch_norm` turned into `ManualBatchNorm`
+  (with `custom_layers="keep"` where some sit inside custom blocks), and its
+  error in inference;
+- recalibrated: the batch norms whose statistics `recalibrate_batch_norm`
+  replaced;
+- errors: any exception, by tool.
+
+A script, not a test: it asserts nothing. The docs page "On real models" shows
+its output.
 """
 
 import argparse
+import collections
+import json
 import os
-import statistics
+import re
+import subprocess
+import sys
+import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-
-import keras  # noqa: E402
-from keras_bn import convert_batch_norm, fold_batch_norm  # noqa: E402
-
-MODELS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
+BACKENDS = ("tensorflow", "jax", "torch")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def build(name, size, dtype="float32"):
-    """Returns the application with moving statistics and gamma/beta moved off their initial values."""
-    keras.utils.set_random_seed(0)
-    keras.config.set_dtype_policy(dtype)
+def _reason_kind(why):
+    """Returns a short label for a FoldReport reason (paths and numbers removed)."""
+    why = re.sub(r"'[^']*'", "X", why)
+    if "cannot see" in why:
+        return "inside a custom block"
+    if "cannot absorb" in why:
+        kind = re.search(r"\((\w+)\)", why)
+        return f"after {kind.group(1) if kind else 'a layer'}"
+    if "also goes to" in why:
+        return "producer has other consumers"
+    if "activation" in why:
+        return "after an activation"
+    if "input of the model" in why or "outside the model" in why:
+        return "input of a (nested) model"
+    return why
+
+
+def _relative(a, b):
+    """Returns the largest |a - b| over the flattened outputs, relative to b's scale."""
+    import keras
+    import numpy as np
+
+    worst = 0.0
+    for x, y in zip(keras.tree.flatten(a), keras.tree.flatten(b)):
+        x, y = np.asarray(keras.ops.convert_to_numpy(x), "float64"), np.asarray(keras.ops.convert_to_numpy(y), "float64")
+        worst = max(worst, float(np.abs(x - y).max() / max(np.abs(y).max(), 1.0)))
+    return worst
+
+
+def _one_model(name):
+    """Runs every tool on the zoo model `name`; returns a dict of what happened."""
+    import keras
+    import zoo
+    from keras_bn import ManualBatchNorm, convert_batch_norm, fold_batch_norm, recalibrate_batch_norm
+
+    row = {"model": name, "errors": {}}
+    start = time.perf_counter()
+    model = zoo.build(name)
+    x = zoo.sample_input(model, batch=2)
+    expected = model(x, training=False)
+    row["found"] = len(zoo.batch_norm_layers(model))
+    row["custom"] = len(zoo.custom_batch_norm_layers(model))
     try:
-        model = getattr(keras.applications, name)(
-            weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None
-        )
-    finally:
-        keras.config.set_dtype_policy("float32")
-    rng = np.random.default_rng(0)
-    for _ in range(2):
-        model(rng.uniform(0, 255, size=(4, size, size, 3)).astype(dtype), training=True)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
-            layer.beta.assign(rng.normal(0, 0.5, layer.beta.shape))
-    return model, rng.uniform(0, 255, size=(4, size, size, 3)).astype(dtype)
+        folded, report = fold_batch_norm(model, return_report=True)
+        row["folded"], row["kept"] = len(report.folded), len(report.kept)
+        row["kept_why"] = dict(collections.Counter(_reason_kind(why) for why in report.kept.values()))
+        row["fold_error"] = _relative(folded(x, training=False), expected)
+    except (ValueError, TypeError) as error:
+        row["errors"]["fold"] = str(error).split(". ")[0]
+    try:
+        converted = convert_batch_norm(model, custom_layers="keep")
+        row["converted"] = len(zoo.batch_norm_layers(converted, ManualBatchNorm))
+        row["convert_error"] = _relative(converted(x, training=False), expected)
+    except (ValueError, TypeError) as error:
+        row["errors"]["convert"] = str(error).split(". ")[0]
+    before = [keras.ops.convert_to_numpy(layer.moving_mean).copy() for layer in zoo.batch_norm_layers(model)]
+    try:
+        recalibrate_batch_norm(model, x, batch_size=2)
+        after = [keras.ops.convert_to_numpy(layer.moving_mean) for layer in zoo.batch_norm_layers(model)]
+        row["recalibrated"] = sum(not (a == b).all() for a, b in zip(after, before))
+    except (ValueError, TypeError) as error:
+        row["errors"]["recalibrate"] = str(error).split(". ")[0]
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
 
 
-def relative_error(ours, ref):
-    """Returns max |ours - ref| / max |ref| of two model outputs."""
-    ours, ref = keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(ref)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+def _child(args):
+    """Runs in one backend's process: every model, one JSON line each, to `args.json`."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    import keras
+    import zoo
+
+    names = [n for n in zoo.MODELS if not args.models or any(n.endswith(m) for m in args.models.split(","))]
+    with open(args.json, "w") as out:
+        for name in names:
+            row = _one_model(name)
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(f"  {keras.backend.backend()}: {name} ({row['seconds']} s)", file=sys.stderr)
+        for name, error in zoo.BACKEND_FAILURES.items():
+            out.write(json.dumps({"model": name, "errors": {"build": error}}) + "\n")
 
 
-def training_error(name, size):
-    """Returns the training-mode error of the converted model against Keras's layer, and its dtype."""
-    dtype = "float64" if keras.backend.backend() == "tensorflow" else "float32"
-    model, x = build(name, size, dtype)
-    converted = convert_batch_norm(model)
-    for layer in converted.layers + model.layers:
-        if isinstance(layer, keras.layers.Dropout):
-            layer.rate = 0.0  # random masks differ between two models
-    return relative_error(converted(x, training=True), model(x, training=True)), dtype
+def _short(error):
+    """Returns the gist of a refusal: which layer cannot be rebuilt, or the error's first sentence."""
+    rebuilt = re.search(r"of type (\w+) cannot be rebuilt", error)
+    return f"refused: {rebuilt.group(1)} cannot be rebuilt from its config" if rebuilt else error
 
 
-def throughput(model, x, batch, repeats):
-    """Returns images per second of `model.predict_on_batch` over `x`, one timing per repeat."""
-    model.predict_on_batch(x[:batch])  # trace and warm up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(x), batch):
-            model.predict_on_batch(x[i : i + batch])
-        rates.append(len(x) / (time.perf_counter() - start))
-    return rates
+def _cell(row):
+    """Returns `folded / kept`, the conversions and errors of one row, as table text."""
+    if "build" in row["errors"]:
+        return "does not build", "", "", ""
+    errors = {tool: _short(error) for tool, error in row["errors"].items()}
+    fold = errors.get("fold") or f"{row['folded']} / {row['kept']}"
+    convert = errors.get("convert") or f"{row['converted']} ({row['convert_error']:.0e})"
+    recal = errors.get("recalibrate") or f"{row.get('recalibrated', 0)}"
+    why = ", ".join(f"{n} {k}" for k, n in sorted(row.get("kept_why", {}).items(), key=lambda kv: -kv[1]))
+    return fold, convert, recal, why
+
+
+def render(results):
+    """Returns the markdown table of `{backend: [row, ...]}`."""
+    lines = []
+    for backend, rows in results.items():
+        lines += [f"\n**{backend}**\n",
+                  "| model | found | folded / kept | fold error | converted (error) | recalibrated | kept because |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            fold, convert, recal, why = _cell(row)
+            error = f"{row['fold_error']:.0e}" if "fold_error" in row else ""
+            lines.append(f"| {row['model']} | {row.get('found', '')} | {fold} | {error} | {convert} | {recal} | {why} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--size", type=int, default=32, help="input height and width for the error checks")
-    parser.add_argument("--speed-model", default="MobileNetV2")
-    parser.add_argument("--speed-size", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--models", default="", help="comma-separated name endings, e.g. ResNet50,MobileNetBackbone")
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    print(f"backend {keras.backend.backend()}, keras {keras.__version__}, {os.cpu_count()} cores")
-    print("| model | batch norms | folded | kept | fold error | convert error (inference) | convert error (training) |")
-    print("|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
-        model, x = build(name, args.size)
-        folded, report = fold_batch_norm(model, return_report=True)
-        expected = model(x, training=False)
-        fold_error = relative_error(folded(x, training=False), expected)
-        convert_error = relative_error(convert_batch_norm(model)(x, training=False), expected)
-        train_error, dtype = training_error(name, args.size)
-        total = len(report.folded) + len(report.kept)
-        print(
-            f"| {name} | {total} | {len(report.folded)} | {len(report.kept)} | {fold_error:.1e} "
-            f"| {convert_error:.1e} | {train_error:.1e} ({dtype}) |"
-        )
-        for path, why in report.kept.items():
-            print(f"    kept {path}: {why}")
-
-    model, _ = build(args.speed_model, args.speed_size)
-    folded = fold_batch_norm(model)
-    x = np.random.default_rng(1).uniform(0, 255, size=(256, args.speed_size, args.speed_size, 3)).astype("float32")
-    original_rates, folded_rates = [], []
-    for _ in range(args.repeats):  # alternate, so both see the same machine
-        original_rates += throughput(model, x, 32, 1)
-        folded_rates += throughput(folded, x, 32, 1)
-    a, b = statistics.median(original_rates), statistics.median(folded_rates)
-    print(
-        f"\n{args.speed_model} at {args.speed_size}x{args.speed_size}, predict_on_batch of 32, "
-        f"{args.repeats} alternating runs of 256 images: {a:.0f} images/s unfolded, "
-        f"{b:.0f} folded, speed-up {b / a:.2f}x"
-    )
+    if args.child:
+        return _child(args)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for backend in args.backends.split(","):
+            path = os.path.join(folder, f"{backend}.jsonl")
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            command = [sys.executable, __file__, "--child", "--json", path, "--models", args.models]
+            subprocess.run(command, env=env, check=True)
+            with open(path) as lines:
+                results[backend] = [json.loads(line) for line in lines]
+    print(render(results))
 
 
 if __name__ == "__main__":
