@@ -584,3 +584,28 @@ def test_efficientnet_frozen_with_dropout_in_inference_matches_a_copy_without_dr
     for ours, expected in pairs:
         np.testing.assert_allclose(_np(ours.moving_mean), _np(expected.moving_mean), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(_np(ours.moving_variance), _np(expected.moving_variance), rtol=1e-4, atol=1e-5)
+
+
+def test_keras_hub_backbone_frozen_include_frozen_matches_the_trainable_copy():
+    """keras_hub.ResNetBackbone (tests/zoo.py), frozen whole: include_frozen=True recalibrates every batch norm.
+
+    The first batch norm's statistics are those of the stem convolution's outputs
+    (NumPy); every batch norm matches the same backbone, trainable, recalibrated plainly.
+    """
+    pytest.importorskip("keras_hub")
+    import zoo
+
+    frozen, trainable = (zoo.build("keras_hub.ResNetBackbone(v1)", seed=0) for _ in range(2))
+    x = np.concatenate([zoo.sample_input(frozen, batch=8, seed=s) for s in range(2)])
+    frozen.trainable = False
+    assert recalibrate_batch_norm(frozen, x, batch_size=8, include_frozen=True) == 2
+    recalibrate_batch_norm(trainable, x, batch_size=8)
+    assert not any(layer.trainable for layer in batch_norm_layers(frozen))
+    first = batch_norm_layers(frozen)[0]
+    conv = keras.Model(frozen.inputs, first.input).predict(x, verbose=0).astype(np.float64)
+    conv = conv.reshape(-1, conv.shape[-1])
+    np.testing.assert_allclose(_np(first.moving_mean), conv.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(first.moving_variance), conv.var(axis=0), rtol=1e-4, atol=1e-5)
+    for ours, expected in zip(batch_norm_layers(frozen), batch_norm_layers(trainable), strict=True):
+        np.testing.assert_allclose(_np(ours.moving_mean), _np(expected.moving_mean), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_np(ours.moving_variance), _np(expected.moving_variance), rtol=1e-5, atol=1e-6)
