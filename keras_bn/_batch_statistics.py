@@ -14,6 +14,8 @@ import functools
 import weakref
 
 import keras
+
+from keras_bn import _graph
 import numpy as np
 
 # What a training-mode call with momentum 0 leaves in these variables is the
@@ -35,20 +37,12 @@ _TF_STEPS = weakref.WeakKeyDictionary()
 
 
 def layers_of(model, kinds):
-    """Returns every layer of `model` that is an instance of `kinds`, depth first, each once."""
-    found, seen = [], set()
+    """Returns every layer of `model` that is an instance of `kinds`, at any depth, each once.
 
-    def walk(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, kinds):
-            found.append(layer)
-        for child in getattr(layer, "layers", None) or ():
-            walk(child)
-
-    walk(model)
-    return found
+    The graph walker's `sublayers` reaches the layers of nested models and those
+    that custom blocks (keras-hub's) and subclassed models hold.
+    """
+    return [layer for layer in [model, *_graph.sublayers(model).values()] if isinstance(layer, kinds)]
 
 
 def _inputs(batch):

@@ -78,12 +78,14 @@ def assign_estimate(layer, means, variances, squares, count, estimator):
         # batch variances plus the variance of the batch means. The clamp
         # removes the rounding of `E[m^2] - E[m]^2` when the means agree.
         variance = variance + np.maximum(squares / count - mean * mean, 0.0)
-    layer.moving_mean.assign(mean.astype("float32"))
-    layer.moving_variance.assign(variance.astype("float32"))
+    # In each variable's own dtype: a float64 model keeps float64 statistics.
+    layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+    layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
     variables = passes.variables_by_name(layer)
     if "moving_stddev" in variables:
         # Renorm keeps the standard deviation; its moving_variance is stddev^2 - eps.
-        variables["moving_stddev"].assign(np.sqrt(variance + layer.epsilon).astype("float32"))
+        stddev = variables["moving_stddev"]
+        stddev.assign(np.sqrt(variance + layer.epsilon).astype(stddev.dtype))
     if "num_batches_tracked" in variables:
         # ManualBatchNorm(momentum=None): a cumulative average over `count` batches.
         variables["num_batches_tracked"].assign(count)

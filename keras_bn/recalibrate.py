@@ -27,9 +27,9 @@ def batch_norm_layers(model):
     """Returns every batch-norm layer of `model`, nested models included, in depth-first order.
 
     A batch-norm layer is a `keras.layers.BatchNormalization` or a
-    `keras_bn.ManualBatchNorm`; sub-layers are found through the `layers`
-    attribute of models (functional, `Sequential` or subclassed). A layer used
-    twice is listed once.
+    `keras_bn.ManualBatchNorm`, found anywhere in the model: in nested
+    models, and inside custom blocks (keras-hub's) and subclassed models,
+    which the graph does not show. A layer used twice is listed once.
 
     Args:
         model: A Keras model or layer.
