@@ -23,8 +23,10 @@ applies the unbiased variance when `unbiased_variance=True`.
   the kernel refuses, takes the hand-written path).
 - JAX has no batch-norm kernel to call: XLA compiles the hand-written ops.
 
-Masks, ghost batches, renorm, several channel axes and statistics synchronized
-over more than one replica take the hand-written path in training
+Ghost batches take PyTorch's kernel with each ghost batch's channels as channels
+of their own (a copy in and out). Masks, renorm, several channel axes, ghost
+batches on TensorFlow and statistics synchronized over more than one replica
+take the hand-written path in training
 (docs/guide/native.md has the table).
 """
 
@@ -66,8 +68,8 @@ def configuration_obstacles(layer, training=True):
         reasons.append(f"epsilon={layer.epsilon!r} (cuDNN's kernels need epsilon >= {MIN_EPSILON})")
     if training and layer.renorm:
         reasons.append("renorm=True")
-    if training and layer.virtual_batch_size is not None:
-        reasons.append(f"virtual_batch_size={layer.virtual_batch_size!r}")
+    if training and layer.virtual_batch_size is not None and backend != "torch":
+        reasons.append(f"virtual_batch_size={layer.virtual_batch_size!r} on {backend}")
     return reasons
 
 
@@ -169,17 +171,38 @@ def tensorflow_batch_norm(layer, x, training):
     return outputs, mean, variance
 
 
+def _torch_ghost_channels(x, channel, groups):
+    """Returns `x` with its `groups` ghost batches as channels, and the function that undoes it.
+
+    `(groups * v, ..., C, ...)` becomes `(v, ..., groups * C, ...)`, group-major: the
+    kernel's channel `g * C + c` is channel `c` of ghost batch `g`. One copy in, one
+    out (and their backward): the price of one kernel call for every group.
+    """
+    grouped = x.reshape(groups, x.shape[0] // groups, *x.shape[1:]).movedim(0, channel)
+    merged_shape = (*grouped.shape[:channel], -1, *grouped.shape[channel + 2:])
+
+    def undo(y):
+        return y.reshape(grouped.shape).movedim(channel, 0).reshape(x.shape)
+
+    return grouped.reshape(merged_shape), undo
+
+
 def torch_batch_norm(layer, x, training):
     """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from `F.batch_norm`.
 
     The same on every device: the buffers are made on `x`'s device in its dtype.
-    In inference the two statistics are the moving ones.
+    In inference the two statistics are the moving ones. With ghost batches in
+    training, the statistics have `groups * C` entries, group-major.
     """
     import torch
     import torch.nn.functional as F
 
-    rank = x.dim()
     channel = layer._channel_axes_resolved[0]
+    groups, ungroup = 1, None
+    if training and layer.virtual_batch_size is not None:
+        groups = x.shape[0] // layer.virtual_batch_size
+        x, ungroup = _torch_ghost_channels(x, channel, groups)
+    rank = x.dim()
     channels = x.shape[channel]
     if channel == 1:
         view, undo = x, None
@@ -189,8 +212,8 @@ def torch_batch_norm(layer, x, training):
     else:
         before = math.prod(x.shape[:channel])
         view, undo = x.reshape(before, channels, -1), lambda y: y.reshape(x.shape)
-    weight = layer.gamma.value.to(x.dtype) if layer.scale else None
-    bias = layer.beta.value.to(x.dtype) if layer.center else None
+    weight = layer.gamma.value.to(x.dtype).repeat(groups) if layer.scale else None
+    bias = layer.beta.value.to(x.dtype).repeat(groups) if layer.center else None
     if training:
         mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
         variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
@@ -200,7 +223,8 @@ def torch_batch_norm(layer, x, training):
         variance = layer.moving_variance.value.to(x.dtype)
         momentum = 0.0
     outputs = F.batch_norm(view, mean, variance, weight, bias, training, momentum, layer.epsilon)
-    return (outputs if undo is None else undo(outputs)), mean, variance
+    outputs = outputs if undo is None else undo(outputs)
+    return (outputs if ungroup is None else ungroup(outputs)), mean, variance
 
 
 def batch_norm(layer, x, training):

@@ -134,14 +134,18 @@ def training(layer, x, count):
 def native_training(layer, x, count):
     """Returns `x` normalized by PyTorch's own kernel (`_native`), and updates the moving statistics.
 
-    `count` (a Python int, at least 2) is how many values each channel's
-    statistics see: the kernel's unbiased batch variance is made biased again
+    `count` (a Python int) is how many values each channel's statistics see in
+    the whole batch, at least 2 per ghost batch: the kernel's unbiased batch variance is made biased again
     before the update, which keeps Keras's convention.
     """
     outputs, mean, variance = _native.torch_batch_norm(layer, x, training=True)
+    groups = mean.numel() // layer.moving_mean.value.numel()  # ghost batches
+    count //= groups
     variance = _native.biased(variance, count)
-    if layer.momentum is None:
-        layer._update_statistics(mean, variance, count)  # the cumulative average
+    if layer.momentum is None or groups > 1:
+        # The general update: the cumulative average, the mean over ghost batches.
+        shape = (groups, -1) if groups > 1 else (-1,)
+        layer._update_statistics(mean.reshape(shape), variance.reshape(shape), count)
     else:
         _update(layer, mean, variance, count)
     return outputs

@@ -357,8 +357,8 @@ class ManualBatchNorm(keras.layers.Layer):
             kernel wherever the options allow it, the hand-written path
             elsewhere; both compute the same numbers to float32 round-off.
             `True`: always the kernel, and a `ValueError` naming the options
-            that rule it out (renorm, ghost batches, masks, several channel
-            axes, float64 on TensorFlow, the JAX backend, ...). `False`:
+            that rule it out (renorm, masks, several channel axes, ghost
+            batches or float64 on TensorFlow, the JAX backend, ...). `False`:
             always the hand-written reference. docs/guide/native.md lists
             which options take which path. Defaults to `None`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
@@ -749,6 +749,9 @@ class ManualBatchNorm(keras.layers.Layer):
         if keras.backend.backend() == "torch":
             from keras_bn import _torch_path
 
+            v = self.virtual_batch_size
+            if v is not None and (x.shape[0] % v or count // (x.shape[0] // v) < 2):
+                return None  # the hand-written path refuses the batch or takes it
             if count < 2:
                 return None  # PyTorch's kernel refuses one value per channel
             return _torch_path.native_training(self, x, count)

@@ -7,7 +7,9 @@ parameter gradients, and second derivatives (a Hessian-vector product, in NumPy 
 central differences of the closed-form gradient). Layouts: channels-last and
 channels-first 4-D, a dense (N, C) input, and a sequence with its channel axis 1; in
 float32, mixed_float16, mixed_bfloat16 and float64. On JAX, which has no kernel,
-`fused=None` must be the hand-written path and `fused=True` is refused.
+`fused=None` must be the hand-written path and `fused=True` is refused. Ghost batches
+take PyTorch's kernel (each ghost batch's channels as channels of their own) and the
+hand-written path elsewhere.
 """
 
 import ml_dtypes
@@ -309,7 +311,10 @@ def test_fused_must_be_none_or_a_bool(fused):
     "kwargs, named",
     [
         ({"renorm": True}, r"renorm=True"),
-        ({"virtual_batch_size": 4}, r"virtual_batch_size=4"),
+        pytest.param(
+            {"virtual_batch_size": 4}, r"virtual_batch_size=4",
+            marks=pytest.mark.skipif(BACKEND == "torch", reason="PyTorch's kernel takes ghost batches"),
+        ),
         ({"axis": [1, 2]}, r"axis=\[1, 2\] \(more than one channel axis\)"),
     ],
 )
@@ -362,3 +367,37 @@ def test_tensorflow_refusals_float64_small_epsilon_and_xla_training():
     insisting = ManualBatchNorm(fused=True)
     with pytest.raises(ValueError, match=r"training under XLA \(jit_compile=True\)"):
         tf.function(lambda t: insisting(t, training=True), jit_compile=True)(tf.constant(x))
+
+
+# -- ghost batches: PyTorch's kernel with each ghost batch's channels as channels ----------
+
+
+@pytest.mark.parametrize("layout", _layouts(["nchw", "nhwc", "sequence_axis1"]))
+def test_ghost_batches_agree_on_both_paths_and_with_numpy(layout, kernel_calls):
+    shape, axis = LAYOUTS[layout]
+    v = 2
+    x, dy, direction, gamma, beta = _data(shape, axis, "float32", seed=11)
+    groups = [slice(start, start + v) for start in range(0, shape[0], v)]
+    forward = [numpy_forward(x[g], gamma, beta, axis) for g in groups]
+    grads = [numpy_gradients(x[g], gamma, dy[g], axis) for g in groups]
+    references = [
+        np.concatenate([f[0] for f in forward]),
+        (1 - MOMENTUM) * np.mean([f[1] for f in forward], axis=0),
+        MOMENTUM + (1 - MOMENTUM) * np.mean([f[2] for f in forward], axis=0),
+        np.concatenate([g[0] for g in grads]),
+        sum(g[1] for g in grads),
+        sum(g[2] for g in grads),
+    ]
+    names = ["output", "moving_mean", "moving_variance", "dx", "dgamma", "dbeta"]
+    results = []
+    for fused in (None, False):
+        layer = _layer(fused, shape, axis, None, gamma, beta, virtual_batch_size=v)
+        y = to_numpy(layer(x, training=True))
+        statistics = [to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)]
+        results.append([y, *statistics, *gradients(layer, x, dy)])
+        results[-1] += gradients(layer, x, dy, direction)  # second derivatives
+        for name, value, reference in zip(names, results[-1], references):
+            _assert_close(value, reference, POLICIES["float32"][1], f"fused={fused}: {name}")
+    assert bool(kernel_calls) == (BACKEND == "torch")
+    for name, native, hand in zip(names + ["d2x", "d2gamma"], *results):
+        _assert_close(native, hand, POLICIES["float32"][1], f"native vs hand-written: {name}")
