@@ -19,6 +19,8 @@ Figures:
   network's 20 shapes at batch 32, the same four layers, compiled as a training step is (a `tf.function`, a
   jitted JAX function, eager PyTorch), against the backend's own kernel
   (`FusedBatchNormV3`, `torch.nn.functional.batch_norm`; Keras's layer on JAX).
+- ghost: the bn figure with `virtual_batch_size=8` (4 ghost batches of the 32),
+  `fused=None` (PyTorch's kernel; the hand-written path elsewhere) against `fused=False`.
 - predict: images per second of `model.predict` on 5,000 images, batches of 1,000.
 - experiment (TensorFlow): the whole `keras-bn --variants manual` command (start-up
   included) and the seed notebook's own TF1 code (`benchmarks/notebook_tf1.py`), run
@@ -50,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FIGURES = ("experiment", "train", "bn", "predict", "eval", "fold")
+FIGURES = ("experiment", "train", "bn", "ghost", "predict", "eval", "fold")
 DEFAULT_FIGURES = ("train", "bn", "predict")
 BATCH = 32
 
@@ -502,6 +504,24 @@ def bench_bn(repeats, block=10):
                 print(f"bn          ratio {name} / {base}: {medians[name] / medians[base]:.3f}")
 
 
+def bench_ghost(repeats, block=10):
+    """Times ghost batch norm alone, forward and backward, on the network's 20 shapes, alternately."""
+    from keras_bn import ManualBatchNorm
+
+    shapes, conv_axis = _bn_shapes()
+
+    def make(fused):
+        return lambda r: ManualBatchNorm(axis=conv_axis if r == 4 else -1, virtual_batch_size=8, fused=fused)
+
+    runners = {name: _layers_fwd_bwd(make(fused), shapes, True)
+               for name, fused in ((NATIVE, None), (CLOSED_FORM, False))}
+    times = alternate(runners, repeats, block)
+    for name, samples in times.items():
+        print(f"ghost       {name:38s}: {describe(samples, 'ms')}")
+    ratio = statistics.median(times[NATIVE]) / statistics.median(times[CLOSED_FORM])
+    print(f"ghost       ratio fused=None / fused=False : {ratio:.3f}")
+
+
 def bench_predict(repeats):
     """Times `model.predict` on 5,000 random images without BN, with Keras's and with keras-bn's, alternately."""
     import keras
@@ -633,6 +653,8 @@ def main():
         bench_train(args.repeats)
     if "bn" in chosen:
         bench_bn(args.repeats)
+    if "ghost" in chosen:
+        bench_ghost(args.repeats)
     if "predict" in chosen:
         bench_predict(args.repeats)
     if "eval" in chosen:
