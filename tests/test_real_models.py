@@ -99,6 +99,12 @@ def _no_dropout(model):
     return model
 
 
+# In float32, training mode on 2 samples is chaotic for this one: a 1e-6 relative
+# change of the input moves its outputs by 0.47 (measured on PyTorch), so only
+# float64 (TensorFlow) can compare its training mode.
+_CHAOTIC_IN_FLOAT32 = ("keras_hub.BASNetBackbone",)
+
+
 def _unused(name):
     """Batch norms that the model keeps but never calls (BASNet's image encoder's conv1_bn)."""
     return 1 if "BASNet" in name else 0
@@ -130,18 +136,20 @@ def test_conversion_predicts_and_trains_the_same(name):
     model, x = _built(name, dtype)
     if _refused(name, convert_batch_norm, model, custom_layers="keep"):
         return
-    custom = zoo.custom_batch_norm_layers(model)
-    if custom:
+    hidden = len(zoo.custom_batch_norm_layers(model)) - _unused(name)
+    if hidden:
         with pytest.raises(ValueError, match=r"cannot replace these layers inside layers whose call\(\)"):
             convert_batch_norm(model)
     converted = _no_dropout(convert_batch_norm(_no_dropout(model), custom_layers="keep"))
     manual = zoo.batch_norm_layers(converted, ManualBatchNorm)
-    assert len(manual) == len(zoo.batch_norm_layers(model)) - len(custom) - _unused(name)
+    assert len(manual) == len(zoo.batch_norm_layers(model)) - hidden - _unused(name)
     # float64 round-off, amplified by batch statistics of 2 samples through up to
     # 200 layers, reaches 6e-6 (EfficientNetV2B0); float32's reaches 1e-4 on the
     # shallow keras-hub models.
     rtol = 1e-5 if dtype == "float64" else 1e-3
     _assert_close(_outputs(converted, x), _outputs(model, x), rtol, f"{name} converted, inference")
+    if dtype == "float32" and name in _CHAOTIC_IN_FLOAT32:
+        return
     # Training mode: batch statistics, and the moving averages it leaves behind.
     _assert_close(_outputs(converted, x, True), _outputs(model, x, True), rtol, f"{name} converted, training")
     _assert_close(_outputs(converted, x), _outputs(model, x), rtol, f"{name} converted, after a training call")
@@ -207,4 +215,5 @@ def test_layer_statistics_records_layers_of_nested_models(name):
     for series in [*stats.history["inputs"].values(), *stats.history["gradient_norms"].values()]:
         assert len(series) == 2 and np.all(np.isfinite(series))
     if "Classifier" in name:
-        assert any(path.startswith("res_net_backbone/") for path in stats.input_paths), stats.input_paths
+        prefix = model.backbone.name + "/"
+        assert any(path.startswith(prefix) for path in stats.input_paths), stats.input_paths
