@@ -2,9 +2,8 @@
 
 import dataclasses
 
-import numpy as np
-
 import keras
+import numpy as np
 
 from keras_bn import _graph
 from keras_bn.batch_norm import ManualBatchNorm

@@ -1,10 +1,10 @@
 """FrozenBatchNorm, freeze_batch_norm and unfreeze_batch_norm: frozen stays frozen, against NumPy and Keras."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from helpers import to_numpy
+
 from keras_bn import (
     FrozenBatchNorm,
     ManualBatchNorm,

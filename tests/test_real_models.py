@@ -20,12 +20,12 @@ the other backends compare float32, on the keras-hub models that are shallow.
 
 import functools
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import zoo
 from helpers import to_numpy
+
 from keras_bn import (
     FrozenBatchNorm,
     LayerStatistics,

@@ -111,9 +111,8 @@ model that fails to build on the running backend, with its error, and
   under 71; every other application builds and runs at 32 (NASNetMobile too).
 """
 
-import numpy as np
-
 import keras
+import numpy as np
 
 BN = keras.layers.BatchNormalization
 

@@ -1,22 +1,4 @@
-"""The graph walker that folding, conversion, freezing, recalibration and `LayerStatistics` share.
-
-A Keras model is rebuilt with `keras.models.clone_model`, whose `clone_function`
-is called on every operation of a Functional graph (layers and plain operations
-such as the `x + 3` of a hard-swish) and whose `call_function` sees every call
-with its tensors. On top of it this module:
-
-- recurses into nested Sequential and Functional models, Functional subclasses
-  included (keras-hub backbones and tasks), naming each layer by its path,
-  `"outer/inner"`;
-- keeps a layer that is called at several places (a shared layer) shared, once
-  for the whole model;
-- records, with `trace`, who produces and who consumes every tensor, so that a
-  tool can prove that a layer feeds only a batch norm;
-- finds the layers that a graph does not show: those tracked inside a layer or
-  a subclassed model whose `call` it cannot see (`sublayers`).
-
-Nothing here imports `keras.src`.
-"""
+"""Rebuilding and tracing a model through `keras.models.clone_model`, nested models included."""
 
 import contextlib
 import dataclasses
@@ -25,85 +7,7 @@ import inspect
 
 import keras
 
-from keras_bn.batch_norm import ManualBatchNorm
-
-#: The batch-norm layers that keras-bn's tools act on.
-BATCH_NORMS = (keras.layers.BatchNormalization, ManualBatchNorm)
-
-
-def is_batch_norm(layer):
-    """Returns whether `layer` is a batch-norm layer the tools know (Keras's or keras-bn's)."""
-    return isinstance(layer, BATCH_NORMS)
-
-
-def is_graph_model(layer):
-    """Returns whether `layer` is a Sequential or Functional model (a Functional subclass included)."""
-    if isinstance(layer, keras.Sequential):
-        return True
-    # Functional is not a public name; a Functional subclass has it in its MRO
-    # (Keras injects it into keras-hub's backbones and tasks).
-    return isinstance(layer, keras.Model) and any(
-        cls.__name__ == "Functional" and cls.__module__.startswith("keras") for cls in type(layer).__mro__
-    )
-
-
-def check_model(model, caller):
-    """Raises a `TypeError`/`ValueError` naming `caller` unless `model` is a built Keras model."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"{caller} needs a keras.Model. Received: model of type {type(model).__name__}")
-    if not model.built:
-        raise ValueError(
-            f"{caller} needs a built model. Received: model {model.name!r} that was "
-            "never built (call it on data or give it an Input first)"
-        )
-
-
-def sublayers(layer, prefix=""):
-    """Returns `{path: sublayer}` for the layers tracked inside `layer`, at any depth, each once.
-
-    Graph models are walked through `layers`; other layers and subclassed
-    models through the sub-layers Keras tracks for them. A path joins the
-    layers' names with `/`.
-    """
-    found, seen = {}, {id(layer)}
-
-    def walk(parent, prefix):
-        for child in _children(parent):
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            found[prefix + child.name] = child
-            walk(child, prefix + child.name + "/")
-
-    walk(layer, prefix)
-    return found
-
-
-def _children(layer):
-    """Returns the layers directly inside `layer`.
-
-    Keras tracks a layer's sub-layers as it assigns them (attributes, lists
-    and dicts of layers alike); on PyTorch they are not in the instance's
-    `__dict__`, so the tracker's list is what every backend shares.
-    """
-    return layer.layers if is_graph_model(layer) else getattr(layer, "_layers", [])
-
-
-def graph_layers(model, prefix=""):
-    """Returns `{path: layer}` for every layer of a graph model that is not a model, nested ones walked."""
-    found = {}
-    for layer in model.layers:
-        path = prefix + layer.name
-        if is_graph_model(layer):
-            found.update(graph_layers(layer, path + "/"))
-        elif not isinstance(layer, keras.layers.InputLayer):
-            found[path] = layer
-    return found
-
-
-def batch_norm_layers(model):
-    """Returns every batch-norm layer of `model` at any depth, each once, in depth-first order."""
-    return [layer for layer in sublayers(model).values() if is_batch_norm(layer)]
+from keras_bn._graph.layers import is_graph_model, set_weights_by_name, sublayers
 
 
 @dataclasses.dataclass
@@ -198,7 +102,7 @@ def clone_layer(layer, path):
     try:
         with _global_policy(layer):
             return type(layer).from_config(layer.get_config())
-    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+    except Exception as error:
         raise ValueError(
             f"Layer {path!r} of type {type(layer).__name__} cannot be rebuilt: "
             f"{type(layer).__name__}.from_config(layer.get_config()) fails "
@@ -357,48 +261,13 @@ class _Tracer(Rebuilder):
         return record
 
 
-def hidden(model):
-    """Returns `{path: layer}` for the layers whose call() no graph shows: the model itself if subclassed."""
-    if not is_graph_model(model):
-        return {"": model}
-    return {path: layer for path, layer in graph_layers(model).items() if _children(layer)}
-
-
-def refuse_hidden(model, is_target, caller, custom_layers="raise"):
-    """Raises a `ValueError` naming the layers inside layers whose call() no graph shows that `is_target(path, layer)`.
-
-    With `custom_layers="keep"` it returns their paths instead.
-    """
-    if custom_layers not in ("raise", "keep"):
-        raise ValueError(f'`custom_layers` must be "raise" or "keep". Received: custom_layers={custom_layers!r}')
-    found = []
-    for where, layer in hidden(model).items():
-        prefix = where + "/" if where else ""
-        found += [path for path, inner in sublayers(layer, prefix).items() if is_target(path, inner)]
-    found = list(dict.fromkeys(found))
-    if not found or custom_layers == "keep":
-        return found
-    if not is_graph_model(model):
-        where = f"the subclassed model {model.name!r} ({type(model).__name__}), whose call() it cannot see"
-    else:
-        where = "layers whose call() it cannot see (they are not Functional graphs)"
-    raise ValueError(
-        f"{caller} cannot replace these layers inside {where}: "
-        f"{', '.join(map(repr, found))}. Nothing was changed. Pass custom_layers=\"keep\" to "
-        "leave them as they are and replace the others; or build those layers (or the model) "
-        "with the layer you want in place, e.g. ManualBatchNorm, which takes the same arguments "
-        "as keras.layers.BatchNormalization, and copy the weights with "
-        "new_model.set_weights(model.get_weights())."
-    )
-
-
 def copy_opaque(model, caller):
     """Returns a built copy of a subclassed `model`, weights included, through its config."""
     try:
         new = keras.models.clone_model(model)
         new.build_from_config(model.get_build_config())
         new.set_weights(model.get_weights())
-    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+    except Exception as error:
         raise ValueError(
             f"{caller} cannot copy model {model.name!r}: it is a subclassed "
             f"{type(model).__name__} with its own call(), so its graph cannot be walked, and "
@@ -469,26 +338,10 @@ def _as_task(task, rebuilt):
         for layer in new.layers:
             if layer is not config["backbone"] and layer.weights:
                 layer.set_weights(rebuilt.get_layer(layer.name).get_weights())
-    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+    except Exception as error:
         raise ValueError(
             f"The keras-hub task {task.name!r} ({type(task).__name__}) cannot be rebuilt around "
             f"its new backbone ({type(error).__name__}, shown above). Convert its backbone "
             "instead and build the task around it."
         ) from error
     return new
-
-
-def weights_by_name(layer):
-    """Returns `{short weight name: NumPy array}` of a layer's weights."""
-    return {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
-
-
-def set_weights_by_name(layer, values):
-    """Assigns `values[name]` to each of `layer`'s weights that `values` names; returns the names left unset."""
-    missing = []
-    for w in layer.weights:
-        if w.name in values:
-            w.assign(keras.ops.cast(values[w.name], w.dtype))
-        else:
-            missing.append(w.name)
-    return missing
