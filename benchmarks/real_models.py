@@ -143,16 +143,40 @@ def _cell(row):
 
 
 def render(results):
-    """Returns the markdown table of `{backend: [row, ...]}`."""
-    lines = []
+    """Returns one markdown table of `{backend: [row, ...]}`: a row a model, the errors per backend.
+
+    What a tool decides (found, folded, kept, converted, recalibrated) is the
+    same on every backend, or the cell says how it differs; the numbers are the
+    largest output differences, fold and conversion, per backend.
+    """
+    backends = list(results)
+    by_model = collections.defaultdict(dict)
     for backend, rows in results.items():
-        lines += [f"\n**{backend}**\n",
-                  "| model | found | folded / kept | fold error | converted (error) | recalibrated | kept because |",
-                  "|---|---|---|---|---|---|---|"]
         for row in rows:
+            by_model[row["model"]][backend] = row
+    head = ["model", "found", "folded / kept", "converted", "recalibrated", "kept because"]
+    head += [f"{b}: fold / convert error" for b in backends]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, rows in by_model.items():
+        cells = {}
+        for backend, row in rows.items():
             fold, convert, recal, why = _cell(row)
-            error = f"{row['fold_error']:.0e}" if "fold_error" in row else ""
-            lines.append(f"| {row['model']} | {row.get('found', '')} | {fold} | {error} | {convert} | {recal} | {why} |")
+            cells.setdefault("found", set()).add(str(row.get("found", "")))
+            cells.setdefault("fold", set()).add(fold)
+            cells.setdefault("convert", set()).add(convert.split(" (")[0])
+            cells.setdefault("recal", set()).add(recal)
+            cells.setdefault("why", set()).add(why)
+        errors = []
+        for backend in backends:
+            row = rows.get(backend)
+            if row is None or "build" in row["errors"]:
+                errors.append("does not build" if row else "not run")
+            elif "fold_error" in row:
+                errors.append(f"{row['fold_error']:.0e} / {row.get('convert_error', float('nan')):.0e}")
+            else:
+                errors.append("refused")
+        joined = [" or ".join(sorted(cells[key] - {"", "does not build"})) for key in ("found", "fold", "convert", "recal", "why")]
+        lines.append("| " + " | ".join([model.replace("keras.applications.", "")] + joined + errors) + " |")
     return "\n".join(lines)
 
 
