@@ -217,3 +217,49 @@ def test_layer_statistics_records_layers_of_nested_models(name):
     if "Classifier" in name:
         prefix = model.backbone.name + "/"
         assert any(path.startswith(prefix) for path in stats.input_paths), stats.input_paths
+
+
+def _top_batch_norm_inputs(model, x, kinds):
+    """The layers of `kinds` at the model's top level and their inputs on `x` (inference)."""
+    layers = [layer for layer in model.layers if isinstance(layer, kinds)]
+    outputs = keras.Model(model.input, [layer.input for layer in layers])(x, training=False)
+    return layers, [np.asarray(to_numpy(h), "float64") for h in keras.tree.flatten(outputs)]
+
+
+@pytest.mark.parametrize("name", ["keras.applications.MobileNetV3Small", "keras_hub.ResNetBackbone(v2)"])
+def test_other_conversions_and_torch_state_dicts_on_real_models(name):
+    if name not in NAMES:
+        pytest.skip(f"{name} does not run on {BACKEND} (see the module docstring)")
+    import torch
+
+    from keras_bn import to_torch_state_dict
+
+    model, x = _built(name)
+    expected = _outputs(model, x)
+    # Synchronized and back: one replica, so the same model in both modes.
+    synced = convert_batch_norm(convert_batch_norm(model, to="synchronized"), to="unsynchronized")
+    _assert_close(_outputs(synced, x), expected, 1e-5, f"{name} synchronized and back")
+    count = len(zoo.batch_norm_layers(model))
+    assert sum(isinstance(layer, keras.layers.Identity) for layer in zoo.walk_layers(
+        convert_batch_norm(model, to="identity"))) == count
+    # Every group norm computes NumPy's group norm of its input with the batch norm's gamma and beta.
+    grouped = convert_batch_norm(model, to="group_norm", groups=8)
+    layers, inputs = _top_batch_norm_inputs(grouped, x, keras.layers.GroupNormalization)
+    assert len(layers) == count
+    for layer, h in zip(layers, inputs):
+        original = model.get_layer(layer.name)
+        gamma, beta = to_numpy(original.gamma).astype("float64"), to_numpy(original.beta).astype("float64")
+        g = h.reshape(h.shape[:-1] + (8, h.shape[-1] // 8))
+        axes = tuple(range(1, h.ndim - 1)) + (h.ndim,)
+        normed = (g - g.mean(axes, keepdims=True)) / np.sqrt(g.var(axes, keepdims=True) + original.epsilon)
+        reference = normed.reshape(h.shape) * gamma + beta
+        np.testing.assert_allclose(to_numpy(layer(h.astype("float32"))), reference, rtol=1e-4, atol=1e-4)
+    # Each batch norm, as a PyTorch state dict, in torch.nn.BatchNorm2d: the same inference outputs.
+    manual = convert_batch_norm(model)
+    layers, inputs = _top_batch_norm_inputs(manual, x, ManualBatchNorm)
+    for layer, h in zip(layers, inputs):
+        torch_bn = torch.nn.BatchNorm2d(h.shape[-1], eps=layer.epsilon).eval()
+        torch_bn.load_state_dict(to_torch_state_dict(layer))
+        with torch.no_grad():
+            theirs = torch_bn(torch.from_numpy(h.transpose(0, 3, 1, 2).astype("float32"))).numpy().transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(to_numpy(layer(h.astype("float32"))), theirs, rtol=1e-5, atol=1e-5)
