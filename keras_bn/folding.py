@@ -227,22 +227,22 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
     _graph.check_model(model, "fold_batch_norm")
     if not _graph.is_graph_model(model):
         new_model, folded, kept = _graph.copy_opaque(model, "fold_batch_norm"), {}, {}
-        _hidden(None, model, kept)
     else:
         new_model, folded, kept = _fold_graph(model)
+    kept.update(_hidden(model))
     report = FoldReport(folded=folded, kept=kept)
     if verbose:
         print(report)
     return (new_model, report) if return_report else new_model
 
 
-def _hidden(where, layer, kept):
-    """Adds to `kept` the batch norms inside `layer`, whose call() no graph shows."""
-    kind = "the subclassed model" if isinstance(layer, keras.Model) else f"the {type(layer).__name__} layer"
-    prefix = "" if where is None else where + "/"
-    for path, inner in _graph.sublayers(layer, prefix).items():
-        if isinstance(inner, _BATCH_NORMS):
-            kept[path] = f"it is inside {kind} {where or layer.name!r}, whose call() keras-bn cannot see"
+def _hidden(model):
+    """Returns `{path: why it is kept}` for the batch norms inside layers whose call() no graph shows."""
+    kept = {}
+    for path, (where, layer) in _graph.inside_hidden(model, lambda _, inner: isinstance(inner, _BATCH_NORMS)).items():
+        kind = "the subclassed model" if isinstance(layer, keras.Model) else f"the {type(layer).__name__} layer"
+        kept[path] = f"it is inside {kind} {where or layer.name!r}, whose call() keras-bn cannot see"
+    return kept
 
 
 def _fold_graph(model):
@@ -259,8 +259,6 @@ def _fold_graph(model):
         else:
             folded[path] = producer.path
             into[producer.path] = bn
-    for path, layer in graph.opaque.items():
-        _hidden(path, layer, kept)
 
     def replace(path, layer):
         if path in folded:

@@ -24,13 +24,6 @@ def _has_nonlinearity(layer):
     return activation is not None and activation is not keras.activations.linear
 
 
-def _layers_by_path(model):
-    """Returns `{path: layer}`: every layer of a graph model at any depth, else the model's own `layers`."""
-    if _graph.is_graph_model(model):
-        return _graph.graph_layers(model)
-    return {layer.name: layer for layer in getattr(model, "layers", [])}
-
-
 def _resolve(by_path, layers, name, default):
     """Returns `{path: layer}` for the layers named or given in `layers` (or the `default` ones)."""
     if layers is None:
@@ -202,7 +195,7 @@ class LayerStatistics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        by_path = _layers_by_path(model)
+        by_path = _graph.layers_by_path(model)
         inputs = _resolve(
             by_path, self._inputs_of, "inputs_of",
             {path: layer for path, layer in by_path.items() if _has_nonlinearity(layer)},
@@ -237,12 +230,7 @@ class LayerStatistics(keras.callbacks.Callback):
         if not _graph.is_graph_model(model):
             inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
             return keras.Model(inputs, [layer.input for layer in self.input_layers])
-        graph = _graph.trace(model)  # shares the model's layers: the same weights
-        missing = [path for path in self.input_paths if path not in graph.calls]
-        if missing:
-            raise ValueError(f"`inputs_of` lists layers that the model never calls: {missing}")
-        tensors = [graph.tensors[graph.calls[path][0].inputs[0]] for path in self.input_paths]
-        return keras.Model(graph.model.input, tensors)
+        return _graph.inputs_of(model, self.input_paths)  # the model's own layers and weights
 
     def _pre_activations(self):
         """Returns the pre-activation input of each `inputs_of` layer on the probe, as NumPy arrays."""

@@ -90,6 +90,28 @@ def hidden(model):
     return {path: layer for path, layer in graph_layers(model).items() if _children(layer)}
 
 
+def inside_hidden(model, is_target):
+    """Returns `{path: (where, layer)}` for the sub-layers with `is_target(path, sub-layer)` inside a hidden layer.
+
+    `layer` is the layer whose call() no graph shows, at path `where` (`""`
+    for a subclassed `model` itself).
+    """
+    found = {}
+    for where, layer in hidden(model).items():
+        prefix = where + "/" if where else ""
+        for path, inner in sublayers(layer, prefix).items():
+            if is_target(path, inner):
+                found.setdefault(path, (where, layer))
+    return found
+
+
+def layers_by_path(model):
+    """Returns `{path: layer}`: every layer of a graph model at any depth, else the model's own `layers`."""
+    if is_graph_model(model):
+        return graph_layers(model)
+    return {layer.name: layer for layer in getattr(model, "layers", [])}
+
+
 def refuse_hidden(model, is_target, caller, custom_layers="raise"):
     """Raises a `ValueError` naming the layers inside layers whose call() no graph shows that `is_target(path, layer)`.
 
@@ -97,11 +119,7 @@ def refuse_hidden(model, is_target, caller, custom_layers="raise"):
     """
     if custom_layers not in ("raise", "keep"):
         raise ValueError(f'`custom_layers` must be "raise" or "keep". Received: custom_layers={custom_layers!r}')
-    found = []
-    for where, layer in hidden(model).items():
-        prefix = where + "/" if where else ""
-        found += [path for path, inner in sublayers(layer, prefix).items() if is_target(path, inner)]
-    found = list(dict.fromkeys(found))
+    found = list(inside_hidden(model, is_target))
     if not found or custom_layers == "keep":
         return found
     if not is_graph_model(model):

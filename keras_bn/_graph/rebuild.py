@@ -7,7 +7,7 @@ import inspect
 
 import keras
 
-from keras_bn._graph.layers import is_graph_model, set_weights_by_name, sublayers
+from keras_bn._graph.layers import is_graph_model, set_weights_by_name
 
 
 @dataclasses.dataclass
@@ -40,7 +40,6 @@ class Graph:
             model traced, `"outer/inner"` for a nested one.
         producers: `{tensor key: Call}`; a model input has none.
         tensors: `{tensor key: KerasTensor}`.
-        opaque: `{path: layer}` for the layers whose insides a graph does not show.
         model: The traced copy, which keeps the tensors whose ids are the keys alive.
     """
 
@@ -49,7 +48,6 @@ class Graph:
     outputs: dict = dataclasses.field(default_factory=dict)
     producers: dict = dataclasses.field(default_factory=dict)
     tensors: dict = dataclasses.field(default_factory=dict)
-    opaque: dict = dataclasses.field(default_factory=dict)
     model: object = None
 
     def add(self, call):
@@ -193,11 +191,6 @@ class _Tracer(Rebuilder):
         """Keeps the nested model: the recorder calls its layers in place of it (see `_inline`)."""
         return model
 
-    def _operation(self, operation, prefix):
-        new = super()._operation(operation, prefix)
-        if new is operation and not is_graph_model(operation) and sublayers(operation):
-            self.graph.opaque[self._paths[id(new)][0]] = operation
-        return new
 
     def _inline(self, model, prefix, inputs, inherited):
         """Calls the layers of the nested `model` on `inputs`, recording each call; returns its outputs."""
@@ -286,6 +279,19 @@ def trace(model):
     tracer = _Tracer()
     tracer.graph.model = tracer.model(model)
     return tracer.graph
+
+
+def inputs_of(model, paths):
+    """Returns a model from `model`'s inputs to the input of the first call of each layer in `paths`.
+
+    It shares `model`'s layers (the same weights); layers of nested models are
+    reached by their paths, `"backbone/conv1"`.
+    """
+    graph = trace(model)
+    missing = [path for path in paths if path not in graph.calls]
+    if missing:
+        raise ValueError(f"These layers are never called in the model's graph: {missing}")
+    return keras.Model(graph.model.input, [graph.tensors[graph.calls[path][0].inputs[0]] for path in paths])
 
 
 def rebuild(model, replace, weights_for=None):
