@@ -191,8 +191,9 @@ def torch_batch_norm(layer, x, training):
     """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from `F.batch_norm`.
 
     The same on every device: the buffers are made on `x`'s device in its dtype.
-    In inference the two statistics are the moving ones. With ghost batches in
-    training, the statistics have `groups * C` entries, group-major.
+    In inference the two statistics are the moving ones. In training they are
+    the two rows of one `(2, C)` buffer, which the kernel fills. With ghost
+    batches in training, the statistics have `groups * C` entries, group-major.
     """
     import torch
     import torch.nn.functional as F
@@ -212,12 +213,14 @@ def torch_batch_norm(layer, x, training):
     else:
         before = math.prod(x.shape[:channel])
         view, undo = x.reshape(before, channels, -1), lambda y: y.reshape(x.shape)
-    weight = layer.gamma.value.to(x.dtype).repeat(groups) if layer.scale else None
-    bias = layer.beta.value.to(x.dtype).repeat(groups) if layer.center else None
+    weight = _torch_parameter(layer.gamma if layer.scale else None, x.dtype, groups)
+    bias = _torch_parameter(layer.beta if layer.center else None, x.dtype, groups)
     if training:
-        mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-        variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
-        momentum = 1.0  # the buffers become the batch mean and unbiased variance
+        # Momentum 1 makes the buffers the batch mean and unbiased variance:
+        # one allocation for both, each of which costs more than the kernel's
+        # work on small tensors.
+        mean, variance = torch.zeros(2, channels, dtype=x.dtype, device=x.device)
+        momentum = 1.0
     else:
         mean = layer.moving_mean.value.to(x.dtype)
         variance = layer.moving_variance.value.to(x.dtype)
@@ -225,6 +228,14 @@ def torch_batch_norm(layer, x, training):
     outputs = F.batch_norm(view, mean, variance, weight, bias, training, momentum, layer.epsilon)
     outputs = outputs if undo is None else undo(outputs)
     return (outputs if ungroup is None else ungroup(outputs)), mean, variance
+
+
+def _torch_parameter(variable, dtype, groups):
+    """Returns `variable` (gamma or beta) in `dtype`, repeated for `groups` ghost batches, or `None`."""
+    if variable is None:
+        return None
+    value = variable.value.to(dtype)
+    return value if groups == 1 else value.repeat(groups)
 
 
 def batch_norm(layer, x, training):

@@ -29,9 +29,111 @@ runs the general code, and the tests hold both to the same NumPy references
 and to autodiff.
 """
 
+import functools
+import math
+
+import keras
 import torch
 
-from keras_bn import _native
+from keras_bn import _gradient, _native
+
+try:  # No public API tells whether a `keras.StatelessScope` is open; Keras keeps it here.
+    from keras.src.backend.common.global_state import get_global_attribute
+except ImportError:  # pragma: no cover - a Keras that moved it: always take Keras's own call.
+    get_global_attribute = None
+
+
+def plain_call(layer, args, kwargs):
+    """Returns `layer(*args, **kwargs)` without Keras's per-call work, or `None` where that work matters.
+
+    PyTorch runs eagerly, so `Layer.__call__`'s work (converting and checking the
+    inputs, resolving `training` and masks, scopes) is paid at every step, and
+    at the network's sizes it cost more than the kernel (docs/benchmarks.md).
+    That work changes nothing for a built layer called on one PyTorch tensor of
+    its compute dtype and of the built shape, with `training` given as a bool,
+    no mask, and no `StatelessScope` or distribution open: this is that call.
+    Anything else returns `None` and takes `Layer.__call__`.
+    """
+    if len(args) != 1 or not layer.built or get_global_attribute is None:
+        return None
+    training = kwargs.get("training")
+    if type(training) is not bool or kwargs.get("mask") is not None or len(kwargs) > 1 + ("mask" in kwargs):
+        return None
+    x = args[0]
+    shape = layer._broadcast_shape
+    if (
+        not isinstance(x, torch.Tensor)
+        or getattr(x, "_keras_mask", None) is not None
+        or str(x.dtype) != "torch." + layer.input_dtype
+        or x.dim() != len(shape)
+        or any(x.shape[a] != shape[a] for a in layer._channel_axes_resolved)
+    ):
+        return None
+    if (
+        get_global_attribute("stateless_scope") is not None
+        or keras.distribution.distribution() is not None
+        or getattr(layer, "_remat_mode", None) is not None
+        or layer.activity_regularizer is not None
+    ):
+        return None
+    return layer.call(x, training=training)
+
+
+def call(layer, inputs, training, mask, all_reduce):
+    """Returns the outputs of `layer.call` on PyTorch, or `None` for the general code.
+
+    The native kernel where `fused` and the options allow it, else the
+    closed-form path below where it applies. `fused=True` raises when the
+    kernel is ruled out. `all_reduce` sums over replicas, or is `None`.
+    """
+    # As the general code: float64 stays, everything else computes in float32.
+    x = inputs if inputs.dtype in (torch.float32, torch.float64) else inputs.to(torch.float32)
+    outputs = None
+    if layer.fused is not False:
+        outputs = _kernel_call(layer, x, training, mask, all_reduce)
+    if outputs is None:
+        outputs = _hand_written_call(layer, x, training, mask, all_reduce)
+    if outputs is None:
+        return None
+    dtype = getattr(torch, layer.compute_dtype)
+    return outputs if outputs.dtype == dtype else outputs.to(dtype)
+
+
+def _count(layer, x):
+    """Returns how many values each channel's statistics see in `x` (a Python int)."""
+    return x.numel() // max(math.prod(layer._broadcast_shape), 1)
+
+
+def _kernel_call(layer, x, training, mask, all_reduce):
+    """Returns the outputs from PyTorch's kernel, or `None` when this call takes another path."""
+    reasons = _native.call_obstacles(layer, x, training=training, mask=mask, all_reduce=all_reduce)
+    if reasons:
+        if layer.fused:
+            raise _native.refusal(reasons)
+        return None
+    if not training:
+        return _native.torch_batch_norm(layer, x, training=False)[0]
+    count = _count(layer, x)
+    layer._check_count(count)
+    v = layer.virtual_batch_size
+    if v is not None and (x.shape[0] % v or count // (x.shape[0] // v) < 2):
+        return None  # the hand-written path refuses the batch or takes it
+    if count < 2:
+        return None  # PyTorch's kernel refuses one value per channel
+    return native_training(layer, x, count)
+
+
+def _hand_written_call(layer, x, training, mask, all_reduce):
+    """Returns the outputs of the closed-form path, or `None` when the general code must run."""
+    if not training:
+        return inference(layer, x)
+    if not _gradient.hand_written() or not applies(layer, mask, all_reduce):
+        return None  # autodiff of the general code, or an option only it has
+    count = _count(layer, x)
+    if count == 0:
+        return None  # an empty batch: the general code leaves every statistic alone
+    layer._check_count(count)
+    return training_call(layer, x, count)
 
 
 def applies(layer, mask, all_reduce):
@@ -120,14 +222,15 @@ def inference(layer, x):
     return _normalize(centered, inv, *_parameters(layer, x.dtype))
 
 
-def training(layer, x, count):
+def training_call(layer, x, count):
     """Returns `x` normalized with its batch statistics, and updates the moving ones.
 
     `count` is how many values each channel's statistics see (a Python int).
     """
     gamma, beta = _parameters(layer, x.dtype)
     outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, layer._reduction_axes, layer.epsilon)
-    _update(layer, mean, variance, count)
+    factor = count / max(count - 1, 1) if layer.unbiased_variance else 1.0
+    _update(layer, mean, variance, factor)
     return outputs
 
 
@@ -139,34 +242,45 @@ def native_training(layer, x, count):
     before the update, which keeps Keras's convention.
     """
     outputs, mean, variance = _native.torch_batch_norm(layer, x, training=True)
-    groups = mean.numel() // layer.moving_mean.value.numel()  # ghost batches
+    groups = mean.numel() // math.prod(layer.moving_mean.shape)  # ghost batches
     count //= groups
-    variance = _native.biased(variance, count)
     if layer.momentum is None or groups > 1:
         # The general update: the cumulative average, the mean over ghost batches.
         shape = (groups, -1) if groups > 1 else (-1,)
+        variance = _native.biased(variance, count)
         layer._update_statistics(mean.reshape(shape), variance.reshape(shape), count)
     else:
-        _update(layer, mean, variance, count)
+        _update(layer, mean, variance, 1.0 if layer.unbiased_variance else (count - 1) / count)
     return outputs
 
 
-def _update(layer, mean, variance, count):
-    """Folds the batch `mean` and biased `variance` into the moving averages, without gradient.
+def _update(layer, mean, variance, factor):
+    """Folds the batch `mean` and `variance * factor` into the moving averages, without gradient.
 
-    A channel with a NaN or Inf statistic keeps its moving statistics exactly.
+    `factor` turns the batch variance into the one the layer keeps (biased
+    unless `unbiased_variance=True`). A channel with a NaN or Inf statistic
+    keeps its moving statistics exactly.
     """
+    momentum = layer.momentum
     with torch.no_grad():
-        if layer.unbiased_variance:
-            variance = variance * (count / max(count - 1, 1))
         # Both statistics in one (2, C) tensor: half the small ops, each of
         # which costs more to launch than to compute at these sizes.
         batch = torch.stack([mean.reshape(-1), variance.reshape(-1)])
-        moving = (layer.moving_mean.value, layer.moving_variance.value)
-        current = torch.stack([v.reshape(-1) for v in moving]).to(batch.dtype)
-        usable = torch.isfinite(batch).all(dim=0)
-        momentum = layer.momentum
-        new = torch.where(usable, current * momentum + batch * (1.0 - momentum), current)
-        shape = layer.moving_mean.shape
-        layer.moving_mean.assign(new[0].reshape(shape))
-        layer.moving_variance.assign(new[1].reshape(shape))
+        moving = (layer.moving_mean, layer.moving_variance)
+        values = [variable.value for variable in moving]
+        current = torch.stack([value.reshape(-1) for value in values]).to(batch.dtype)
+        weights = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
+        new = torch.addcmul(current * momentum, batch, weights)
+        new = torch.where(torch.isfinite(batch), new, current)
+        if get_global_attribute is not None and get_global_attribute("stateless_scope") is None:
+            for value, new_value in zip(values, new):  # what `assign` does, without its checks
+                value.copy_(new_value.reshape(value.shape))
+        else:  # a stateless call records the new values in its scope
+            for variable, new_value in zip(moving, new):
+                variable.assign(new_value.reshape(variable.shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(mean_weight, variance_weight, dtype, device):
+    """Returns the `(2, 1)` tensor of the batch statistics' weights in the moving averages."""
+    return torch.tensor([[mean_weight], [variance_weight]], dtype=dtype, device=device)

@@ -648,21 +648,33 @@ class ManualBatchNorm(keras.layers.Layer):
                 x = tf.identity(x)
         return ops.reshape(x, (-1, v) + tuple(ops.shape(x)[1:]))
 
+    def __call__(self, *args, **kwargs):
+        if keras.backend.backend() == "torch":
+            from keras_bn import _torch_path
+
+            outputs = _torch_path.plain_call(self, args, kwargs)
+            if outputs is not None:
+                return outputs
+        return super().__call__(*args, **kwargs)
+
     def call(self, inputs, training=None, mask=None):
         # float16/bfloat16 are upcast: the squares in the variance overflow
         # float16 for activations above ~256, and its 10-bit mantissa would
         # round the statistics. Integers become float32 as well.
         # float64 stays float64 (keras.backend.result_type would demote it to
         # float32 on the JAX and PyTorch backends).
+        training = bool(training and self.trainable)
+        if keras.backend.backend() == "torch":
+            from keras_bn import _torch_path
+
+            all_reduce = _replica_sum() if training and self.synchronized else None
+            outputs = _torch_path.call(self, inputs, training, mask, all_reduce)
+            if outputs is not None:
+                return outputs
         dtype = "float64" if keras.backend.standardize_dtype(inputs.dtype) == "float64" else "float32"
         x = ops.cast(inputs, dtype)
-        training = bool(training and self.trainable)
-        if self.fused is not False:
+        if self.fused is not False and keras.backend.backend() != "torch":
             outputs = self._call_native(x, training, mask)
-            if outputs is not None:
-                return ops.cast(outputs, self.compute_dtype)
-        if keras.backend.backend() == "torch":
-            outputs = self._call_torch(x, training, mask)
             if outputs is not None:
                 return ops.cast(outputs, self.compute_dtype)
 
@@ -733,7 +745,10 @@ class ManualBatchNorm(keras.layers.Layer):
         return ops.cast(outputs, self.compute_dtype)
 
     def _call_native(self, x, training, mask):
-        """Returns the outputs from the framework's kernel (`_native`), or `None` for the hand-written path."""
+        """Returns the outputs from TensorFlow's kernel (`_native`), or `None` for the hand-written path.
+
+        On JAX it only refuses `fused=True`; PyTorch's kernel is called from `_torch_path`.
+        """
         all_reduce = _replica_sum() if training and self.synchronized else None
         reasons = _native.call_obstacles(
             self, x, training=training, mask=mask, all_reduce=all_reduce
@@ -746,35 +761,9 @@ class ManualBatchNorm(keras.layers.Layer):
             return _native.batch_norm(self, x, training=False)[0]
         count = _count_along(x, self._reduction_axes)
         self._check_count(count)
-        if keras.backend.backend() == "torch":
-            from keras_bn import _torch_path
-
-            v = self.virtual_batch_size
-            if v is not None and (x.shape[0] % v or count // (x.shape[0] // v) < 2):
-                return None  # the hand-written path refuses the batch or takes it
-            if count < 2:
-                return None  # PyTorch's kernel refuses one value per channel
-            return _torch_path.native_training(self, x, count)
         outputs, mean, variance = _native.batch_norm(self, x, training=True)
         self._update_statistics(mean, _native.biased(variance, count), count)
         return outputs
-
-    def _call_torch(self, x, training, mask):
-        """Returns the outputs from `_torch_path` when the call is a case it covers, else `None`."""
-        from keras_bn import _torch_path
-
-        if not training:
-            return _torch_path.inference(self, x)
-        if not _gradient.hand_written():
-            return None  # autodiff of the general code
-        all_reduce = _replica_sum() if self.synchronized else None
-        if not _torch_path.applies(self, mask, all_reduce):
-            return None
-        count = _count_along(x, self._reduction_axes)
-        if count == 0:
-            return None  # an empty batch: the general code leaves every statistic alone
-        self._check_count(count)
-        return _torch_path.training(self, x, count)
 
     def _renorm_correction(self, mean, variance, shape):
         """Returns Batch Renormalization's `(r, d)`, clipped, without gradient."""
