@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import gc
 import importlib.metadata
 import shlex
 import sys
@@ -9,7 +10,7 @@ import sys
 from keras_bn import _checks
 from keras_bn.experiment.config import CHECKS, DISTRIBUTE, VARIANTS, RunConfig
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_command"]
 
 
 def _argument(check, convert=int):
@@ -141,5 +142,20 @@ def main(argv=None):
     return 0
 
 
+def run_command(argv=None):
+    """Runs `main` as this process's command, the last thing it does, and returns the status.
+
+    Then it freezes the heap (`gc.freeze`): the interpreter's exit runs full
+    garbage collections over every object left, and TensorFlow and Keras leave
+    millions (about 1 s of a run's exit on TensorFlow); frozen ones are not
+    scanned. Nothing else changes: `atexit` handlers run and streams are
+    flushed as usual.
+    """
+    try:
+        return main(argv)
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command())
