@@ -188,12 +188,12 @@ def _torch_ghost_channels(x, channel, groups):
 
 
 def torch_batch_norm(layer, x, training):
-    """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from `F.batch_norm`.
+    """Returns `(outputs, statistics)` from `F.batch_norm`.
 
-    The same on every device: the buffers are made on `x`'s device in its dtype.
-    In inference the two statistics are the moving ones. In training they are
-    the two rows of one `(2, C)` buffer, which the kernel fills. With ghost
-    batches in training, the statistics have `groups * C` entries, group-major.
+    In training `statistics` is the `(2, C)` tensor of the batch mean and the
+    Bessel-corrected batch variance, which the kernel fills; with ghost batches
+    it has `groups * C` columns, group-major. In inference it is `None`. The
+    same on every device: the buffer is made on `x`'s device in its dtype.
     """
     import torch
     import torch.nn.functional as F
@@ -215,11 +215,13 @@ def torch_batch_norm(layer, x, training):
         view, undo = x.reshape(before, channels, -1), lambda y: y.reshape(x.shape)
     weight = _torch_parameter(layer.gamma if layer.scale else None, x.dtype, groups)
     bias = _torch_parameter(layer.beta if layer.center else None, x.dtype, groups)
+    statistics = None
     if training:
         # Momentum 1 makes the buffers the batch mean and unbiased variance:
         # one allocation for both, each of which costs more than the kernel's
         # work on small tensors.
-        mean, variance = torch.zeros(2, channels, dtype=x.dtype, device=x.device)
+        statistics = torch.zeros(2, channels, dtype=x.dtype, device=x.device)
+        mean, variance = statistics
         momentum = 1.0
     else:
         mean = layer.moving_mean.value.to(x.dtype)
@@ -227,7 +229,7 @@ def torch_batch_norm(layer, x, training):
         momentum = 0.0
     outputs = F.batch_norm(view, mean, variance, weight, bias, training, momentum, layer.epsilon)
     outputs = outputs if undo is None else undo(outputs)
-    return (outputs if ungroup is None else ungroup(outputs)), mean, variance
+    return (outputs if ungroup is None else ungroup(outputs)), statistics
 
 
 def _torch_parameter(variable, dtype, groups):
@@ -236,10 +238,3 @@ def _torch_parameter(variable, dtype, groups):
         return None
     value = variable.value.to(dtype)
     return value if groups == 1 else value.repeat(groups)
-
-
-def batch_norm(layer, x, training):
-    """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from the backend's kernel."""
-    if keras.backend.backend() == "torch":
-        return torch_batch_norm(layer, x, training)
-    return tensorflow_batch_norm(layer, x, training)

@@ -230,7 +230,7 @@ def training_call(layer, x, count):
     gamma, beta = _parameters(layer, x.dtype)
     outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, layer._reduction_axes, layer.epsilon)
     factor = count / max(count - 1, 1) if layer.unbiased_variance else 1.0
-    _update(layer, mean, variance, factor)
+    _update(layer, torch.stack([mean.reshape(-1), variance.reshape(-1)]), factor)
     return outputs
 
 
@@ -241,34 +241,32 @@ def native_training(layer, x, count):
     the whole batch, at least 2 per ghost batch: the kernel's unbiased batch variance is made biased again
     before the update, which keeps Keras's convention.
     """
-    outputs, mean, variance = _native.torch_batch_norm(layer, x, training=True)
-    groups = mean.numel() // math.prod(layer.moving_mean.shape)  # ghost batches
+    outputs, statistics = _native.torch_batch_norm(layer, x, training=True)
+    groups = statistics.shape[1] // math.prod(layer.moving_mean.shape)  # ghost batches
     count //= groups
     if layer.momentum is None or groups > 1:
         # The general update: the cumulative average, the mean over ghost batches.
-        shape = (groups, -1) if groups > 1 else (-1,)
-        variance = _native.biased(variance, count)
-        layer._update_statistics(mean.reshape(shape), variance.reshape(shape), count)
+        mean, variance = statistics.reshape(2, groups, -1) if groups > 1 else statistics
+        layer._update_statistics(mean, _native.biased(variance, count), count)
     else:
-        _update(layer, mean, variance, 1.0 if layer.unbiased_variance else (count - 1) / count)
+        _update(layer, statistics, 1.0 if layer.unbiased_variance else (count - 1) / count)
     return outputs
 
 
-def _update(layer, mean, variance, factor):
-    """Folds the batch `mean` and `variance * factor` into the moving averages, without gradient.
+def _update(layer, batch, factor):
+    """Folds the batch statistics into the moving averages, without gradient.
 
-    `factor` turns the batch variance into the one the layer keeps (biased
-    unless `unbiased_variance=True`). A channel with a NaN or Inf statistic
-    keeps its moving statistics exactly.
+    `batch` is the `(2, C)` tensor of the batch mean and variance: both in one
+    tensor halves the small ops, each of which costs more to launch than to
+    compute at these sizes. `factor` turns the batch variance into the one the
+    layer keeps (biased unless `unbiased_variance=True`). A channel with a NaN
+    or Inf statistic keeps its moving statistics exactly.
     """
     momentum = layer.momentum
     with torch.no_grad():
-        # Both statistics in one (2, C) tensor: half the small ops, each of
-        # which costs more to launch than to compute at these sizes.
-        batch = torch.stack([mean.reshape(-1), variance.reshape(-1)])
         moving = (layer.moving_mean, layer.moving_variance)
         values = [variable.value for variable in moving]
-        current = torch.stack([value.reshape(-1) for value in values]).to(batch.dtype)
+        current = torch.stack(values).reshape(batch.shape).to(batch.dtype)
         weights = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
         new = torch.addcmul(current * momentum, batch, weights)
         new = torch.where(torch.isfinite(batch), new, current)

@@ -758,10 +758,10 @@ class ManualBatchNorm(keras.layers.Layer):
                 raise _native.refusal(reasons)
             return None
         if not training:
-            return _native.batch_norm(self, x, training=False)[0]
+            return _native.tensorflow_batch_norm(self, x, training=False)[0]
         count = _count_along(x, self._reduction_axes)
         self._check_count(count)
-        outputs, mean, variance = _native.batch_norm(self, x, training=True)
+        outputs, mean, variance = _native.tensorflow_batch_norm(self, x, training=True)
         self._update_statistics(mean, _native.biased(variance, count), count)
         return outputs
 
