@@ -15,6 +15,10 @@ Figures:
   autodiff), in blocks run alternately; on the PyTorch backend also the same network in
   plain PyTorch (`benchmarks/plain_torch.py`) without and with `nn.BatchNorm2d`. The
   "BN overhead" is a step with batch norm minus a step without.
+- mobilenet: one training step (`train_on_batch`, batch 16) of
+  `keras.applications.MobileNetV2` at 96x96, 10 classes, random weights, with Keras's
+  batch norm and converted to `ManualBatchNorm` (`fused=None`, `fused=False`) by
+  `convert_batch_norm`, alternately; channels-first on PyTorch. Not in the default list.
 - bn: forward and backward (input, gamma and beta gradients) of batch norm alone on the
   network's 20 shapes at batch 32, the same four layers, compiled as a training step is (a `tf.function`, a
   jitted JAX function, eager PyTorch), against the backend's own kernel
@@ -52,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FIGURES = ("experiment", "train", "bn", "ghost", "predict", "eval", "fold")
+FIGURES = ("experiment", "train", "mobilenet", "bn", "ghost", "predict", "eval", "fold")
 DEFAULT_FIGURES = ("train", "bn", "predict")
 BATCH = 32
 
@@ -234,7 +238,13 @@ def _keras_step(bn, hand_written, batches):
         else:
             model = deep_mnist_model(bn=bn)
         model = compile_like_notebook(model)
-        for x, y in batches[:3]:  # trace and warm up
+    return _warm_step(model, hand_written, batches)
+
+
+def _warm_step(model, hand_written, batches):
+    """Returns a function running one `train_on_batch` of the compiled `model`, after 3 to trace and warm up."""
+    with _hand_written(hand_written):
+        for x, y in batches[:3]:
             model.train_on_batch(x, y)
     cycle = iter(range(10**9))
 
@@ -307,6 +317,48 @@ def bench_train(repeats, block=10):
         print(f"train       ratio {name} / Keras   : {ratio:.3f}")
     for name in (CLOSED_FORM, AUTODIFF):
         print(f"train       ratio {NATIVE} / {name}: {medians[NATIVE] / medians[name]:.3f}")
+
+
+def bench_mobilenet(repeats, block=5):
+    """Times training steps of MobileNetV2 (96x96, batch 16) with Keras's batch norm and ManualBatchNorm, alternately.
+
+    The three models share one set of initial weights: Keras's model as built, and
+    `convert_batch_norm` of it to `ManualBatchNorm` (`fused=None`, `fused=False`).
+    On PyTorch it runs channels-first, as `deep_mnist_model` does there.
+    """
+    import keras
+    import numpy as np
+
+    from keras_bn import compile_like_notebook, convert_batch_norm
+
+    layout = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    shape = (3, 96, 96) if layout == "channels_first" else (96, 96, 3)
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((16, *shape), dtype="float32"), np.eye(10, dtype="float32")[rng.integers(0, 10, 16)])
+               for _ in range(4)]
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format(layout)
+    try:
+        keras.utils.set_random_seed(0)
+        # No softmax: the notebook's loss, as in the train figure, takes logits.
+        keras_model = keras.applications.MobileNetV2(
+            input_shape=shape, weights=None, classes=10, classifier_activation=None)
+        models = {
+            "Keras BatchNormalization": keras_model,
+            NATIVE: convert_batch_norm(keras_model, to="manual"),
+            "ManualBatchNorm, fused=False": convert_batch_norm(keras_model, to="manual", fused=False),
+        }
+        runners = {name: _warm_step(compile_like_notebook(model), True, batches) for name, model in models.items()}
+    finally:
+        keras.config.set_image_data_format(before)
+    times = alternate(runners, repeats, block)
+    print(f"mobilenet   MobileNetV2 96x96x3, batch 16, {layout}, train_on_batch, "
+          f"{sum(type(l).__name__ == 'BatchNormalization' for l in keras_model.layers)} batch norms")
+    for name, samples in times.items():
+        print(f"mobilenet   {name:38s}: {describe(samples, 'ms')}")
+    keras_median = statistics.median(times["Keras BatchNormalization"])
+    for name in (NATIVE, "ManualBatchNorm, fused=False"):
+        print(f"mobilenet   ratio {name} / Keras: {statistics.median(times[name]) / keras_median:.3f}")
 
 
 def _bn_shapes():
@@ -651,6 +703,8 @@ def main():
         bench_experiment(args.experiment_repeats)
     if "train" in chosen:
         bench_train(args.repeats)
+    if "mobilenet" in chosen:
+        bench_mobilenet(args.repeats)
     if "bn" in chosen:
         bench_bn(args.repeats)
     if "ghost" in chosen:
