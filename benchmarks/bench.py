@@ -428,11 +428,14 @@ def _layers_fwd_bwd(make_layer, shapes, hand_written):
     device = torch_device()
     data = [(torch.tensor(x, device=device, requires_grad=True), torch.tensor(dy, device=device)) for x, dy in data]
 
+    # As a training step does: the trainable tensors are collected once, not per layer call.
+    params = [[v.value for v in layer.trainable_variables] for layer in layers]
+
     def run():
         with _hand_written(hand_written):
-            for layer, (x, dy) in zip(layers, data):
+            for layer, (x, dy), p in zip(layers, data, params):
                 y = layer(x, training=True)
-                torch.autograd.grad(y, [x, *(v.value for v in layer.trainable_variables)], dy)
+                torch.autograd.grad(y, [x, *p], dy)
 
     run()
     return run

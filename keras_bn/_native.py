@@ -18,16 +18,15 @@ applies the unbiased variance when `unbiased_variance=True`.
 - PyTorch: `torch.nn.functional.batch_norm` (cuDNN on CUDA tensors), training
   and inference, any single channel axis: channel axis 1 as it is, a last
   channel axis of a 4-D or 5-D input as a channels-last view, else a reshape
-  to `(before, C, after)`. The batch statistics come back through two fresh
-  buffers updated with momentum 1 (a batch of one value per channel, which
-  the kernel refuses, takes the hand-written path).
+  to `(before, C, after)`. The batch statistics come back through one fresh
+  `(2, C)` buffer updated with momentum 1 (a batch of one value per channel,
+  which the kernel refuses, takes the hand-written path).
 - JAX has no batch-norm kernel to call: XLA compiles the hand-written ops.
 
-Ghost batches take PyTorch's kernel with each ghost batch's channels as channels
-of their own (a copy in and out). Masks, renorm, several channel axes, ghost
-batches on TensorFlow and statistics synchronized over more than one replica
-take the hand-written path in training
-(docs/guide/native.md has the table).
+Ghost batches take the kernel with each ghost batch's channels as channels of
+their own (a copy in and out). Masks, renorm, several channel axes and
+statistics synchronized over more than one replica take the hand-written path
+in training (docs/guide/native.md has the table).
 """
 
 import math
@@ -68,8 +67,6 @@ def configuration_obstacles(layer, training=True):
         reasons.append(f"epsilon={layer.epsilon!r} (cuDNN's kernels need epsilon >= {MIN_EPSILON})")
     if training and layer.renorm:
         reasons.append("renorm=True")
-    if training and layer.virtual_batch_size is not None and backend != "torch":
-        reasons.append(f"virtual_batch_size={layer.virtual_batch_size!r} on {backend}")
     return reasons
 
 
@@ -137,24 +134,29 @@ def _parameter(layer, variable, default, channels, dtype):
 def tensorflow_batch_norm(layer, x, training):
     """Returns `(outputs, batch mean, Bessel-corrected batch variance)` from `FusedBatchNormV3`.
 
-    In inference the two statistics are the moving ones. `x` is float32.
+    In inference the two statistics are the moving ones. With ghost batches in
+    training they have `groups * C` entries, group-major. `x` is float32.
     """
     import tensorflow as tf
 
-    rank = len(x.shape)
     channel = layer._channel_axes_resolved[0]
     channels = int(x.shape[channel])
+    scale = _parameter(layer, layer.gamma if layer.scale else None, 1.0, channels, x.dtype)
+    offset = _parameter(layer, layer.beta if layer.center else None, 0.0, channels, x.dtype)
+    ungroup = None
+    if training and layer.virtual_batch_size is not None:
+        x, groups, ungroup = _tensorflow_ghost_channels(layer, x, channel)
+        scale, offset = tf.tile(scale, [groups]), tf.tile(offset, [groups])
+    rank = len(x.shape)
     shape = tf.shape(x)
     if rank == 4 and channel in (1, 3):
         x4, data_format = x, "NCHW" if channel == 1 else "NHWC"
     elif channel == rank - 1:
-        x4, data_format = tf.reshape(x, [-1, 1, 1, channels]), "NHWC"
+        x4, data_format = tf.reshape(x, tf.stack([-1, 1, 1, shape[channel]])), "NHWC"
     else:
         before = tf.reduce_prod(shape[:channel])
         after = tf.reduce_prod(shape[channel + 1:])
-        x4, data_format = tf.reshape(x, tf.stack([before, channels, after, 1])), "NCHW"
-    scale = _parameter(layer, layer.gamma if layer.scale else None, 1.0, channels, x.dtype)
-    offset = _parameter(layer, layer.beta if layer.center else None, 0.0, channels, x.dtype)
+        x4, data_format = tf.reshape(x, tf.stack([before, shape[channel], after, 1])), "NCHW"
     if training:
         mean = variance = tf.constant([], x.dtype)
     else:
@@ -168,7 +170,36 @@ def tensorflow_batch_norm(layer, x, training):
     if x4 is not x:
         outputs = tf.reshape(outputs, shape)
         outputs.set_shape(x.shape)
-    return outputs, mean, variance
+    return (outputs if ungroup is None else ungroup(outputs)), mean, variance
+
+
+def _tensorflow_ghost_channels(layer, x, channel):
+    """Returns `x` with its ghost batches as channels, their number, and the function that undoes it.
+
+    As `_torch_ghost_channels`, in TensorFlow ops: `(groups * v, ..., C, ...)`
+    becomes `(v, ..., groups * C, ...)`, group-major, through one transpose. The
+    layer's own reshape checks that `v` divides the batch, also when its size
+    is known only when the graph runs.
+    """
+    import tensorflow as tf
+
+    grouped = layer._ghost_batches(x)  # (groups, v, ...)
+    rank = len(grouped.shape)
+    order = [*range(1, channel + 1), 0, *range(channel + 1, rank)]
+    moved = tf.transpose(grouped, order)  # (v, ..., groups, C, ...)
+    moved_shape = tf.shape(moved)
+    merged = tf.reshape(moved, tf.concat([moved_shape[:channel], [-1], moved_shape[channel + 2:]], 0))
+    v, batch = layer.virtual_batch_size, x.shape[0]
+    known = [v, *x.shape[1:]]
+    known[channel] = None if batch is None else batch // v * x.shape[channel]
+    merged.set_shape(known)
+    inverse = [order.index(i) for i in range(rank)]
+
+    def undo(y):
+        y = tf.transpose(tf.reshape(y, moved_shape), inverse)
+        return tf.ensure_shape(tf.reshape(y, tf.shape(x)), x.shape)
+
+    return merged, tf.shape(grouped)[0], undo
 
 
 def _torch_ghost_channels(x, channel, groups):

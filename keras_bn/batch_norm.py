@@ -357,8 +357,8 @@ class ManualBatchNorm(keras.layers.Layer):
             kernel wherever the options allow it, the hand-written path
             elsewhere; both compute the same numbers to float32 round-off.
             `True`: always the kernel, and a `ValueError` naming the options
-            that rule it out (renorm, masks, several channel axes, ghost
-            batches or float64 on TensorFlow, the JAX backend, ...). `False`:
+            that rule it out (renorm, masks, several channel axes,
+            float64 on TensorFlow, the JAX backend, ...). `False`:
             always the hand-written reference. docs/guide/native.md lists
             which options take which path. Defaults to `None`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
@@ -762,6 +762,11 @@ class ManualBatchNorm(keras.layers.Layer):
         count = _count_along(x, self._reduction_axes)
         self._check_count(count)
         outputs, mean, variance = _native.tensorflow_batch_norm(self, x, training=True)
+        if self.virtual_batch_size is not None:
+            # The statistics of each ghost batch, group-major, each of a v-th of the count.
+            groups = ops.shape(x)[0] // self.virtual_batch_size
+            count = count // groups
+            mean, variance = (ops.reshape(s, (groups, -1)) for s in (mean, variance))
         self._update_statistics(mean, _native.biased(variance, count), count)
         return outputs
 

@@ -8,8 +8,8 @@ central differences of the closed-form gradient). Layouts: channels-last and
 channels-first 4-D, a dense (N, C) input, and a sequence with its channel axis 1; in
 float32, mixed_float16, mixed_bfloat16 and float64. On JAX, which has no kernel,
 `fused=None` must be the hand-written path and `fused=True` is refused. Ghost batches
-take PyTorch's kernel (each ghost batch's channels as channels of their own) and the
-hand-written path elsewhere.
+take the kernel (each ghost batch's channels as channels of their own) on TensorFlow
+and PyTorch.
 """
 
 import ml_dtypes
@@ -314,7 +314,7 @@ def test_fused_must_be_none_or_a_bool(fused):
         ({"renorm": True}, r"renorm=True"),
         pytest.param(
             {"virtual_batch_size": 4}, r"virtual_batch_size=4",
-            marks=pytest.mark.skipif(BACKEND == "torch", reason="PyTorch's kernel takes ghost batches"),
+            marks=pytest.mark.skipif(HAS_KERNEL, reason="the kernels take ghost batches"),
         ),
         ({"axis": [1, 2]}, r"axis=\[1, 2\] \(more than one channel axis\)"),
     ],
@@ -370,7 +370,7 @@ def test_tensorflow_refusals_float64_small_epsilon_and_xla_training():
         tf.function(lambda t: insisting(t, training=True), jit_compile=True)(tf.constant(x))
 
 
-# -- ghost batches: PyTorch's kernel with each ghost batch's channels as channels ----------
+# -- ghost batches: the kernel with each ghost batch's channels as channels of their own --
 
 
 @pytest.mark.parametrize("layout", _layouts(["nchw", "nhwc", "sequence_axis1"]))
@@ -399,6 +399,27 @@ def test_ghost_batches_agree_on_both_paths_and_with_numpy(layout, kernel_calls):
         results[-1] += gradients(layer, x, dy, direction)  # second derivatives
         for name, value, reference in zip(names, results[-1], references):
             _assert_close(value, reference, POLICIES["float32"][1], f"fused={fused}: {name}")
-    assert bool(kernel_calls) == (BACKEND == "torch")
+    assert bool(kernel_calls) == HAS_KERNEL
     for name, native, hand in zip(names + ["d2x", "d2gamma"], *results):
         _assert_close(native, hand, POLICIES["float32"][1], f"native vs hand-written: {name}")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a batch size unknown when traced is TensorFlow's")
+def test_ghost_batches_on_the_kernel_with_a_batch_size_unknown_when_traced(kernel_calls):
+    """A compiled step sees `(None, ...)`: the kernel's regrouping is dynamic, its check runs in the graph."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(12).normal(3.0, 2.0, size=(12, 4, 5, 3)).astype("float32")
+    results = []
+    for fused in (True, False):
+        layer = ManualBatchNorm(fused=fused, virtual_batch_size=4, momentum=0.5)
+        step = tf.function(
+            lambda t, layer=layer: layer(t, training=True),
+            input_signature=[tf.TensorSpec((None, 4, 5, 3), tf.float32)],
+        )
+        results.append([to_numpy(step(tf.constant(x))), to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)])
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"batch of 10 with virtual_batch_size=4"):
+            step(tf.constant(x[:10]))
+    assert kernel_calls
+    for native, hand in zip(*results):
+        _assert_close(native, hand, POLICIES["float32"][1], "native vs hand-written, unknown batch size")
