@@ -312,10 +312,6 @@ def test_fused_must_be_none_or_a_bool(fused):
     "kwargs, named",
     [
         ({"renorm": True}, r"renorm=True"),
-        pytest.param(
-            {"virtual_batch_size": 4}, r"virtual_batch_size=4",
-            marks=pytest.mark.skipif(HAS_KERNEL, reason="the kernels take ghost batches"),
-        ),
         ({"axis": [1, 2]}, r"axis=\[1, 2\] \(more than one channel axis\)"),
     ],
 )
