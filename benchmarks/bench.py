@@ -628,8 +628,21 @@ def bench_eval(repeats):
             started = time.perf_counter()
             logger.evaluate(*data.validation)
             samples[name].append(len(data.validation.images) / (time.perf_counter() - started))
+    # The notebook's own evaluation: its TF1 graph in a process of its own, warmed up by
+    # its final evaluations, then timed as often (tf_keras needed, as for `experiment`).
+    notebook = [sys.executable, str(ROOT / "benchmarks" / "notebook_tf1.py"), "--batches", "0",
+                "--time-eval", str(repeats)]
+    done = subprocess.run(notebook, cwd=ROOT, capture_output=True, text=True)
+    theirs = [float(line.split(":")[1]) for line in done.stdout.splitlines() if line.startswith("eval images/s")]
+    if theirs:
+        samples["notebook's TF1 code"] = theirs
     for name, rates in samples.items():
         print(f"eval        5,000 validation images, {name:20s}: {describe(rates, 'images/s')}")
+    if theirs:
+        ratio = statistics.median(samples["fused=None (kernel)"]) / statistics.median(theirs)
+        print(f"eval        ratio fused=None / notebook (images/s): {ratio:.2f}")
+    else:
+        print(f"eval        notebook's TF1 code did not run (tf_keras installed?): {done.stderr[-300:]}")
 
 
 def bench_fold(repeats):

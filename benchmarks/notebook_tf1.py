@@ -1,6 +1,7 @@
 """The seed notebook's own TensorFlow 1 code, run as-is through `tf.compat.v1`: the speed baseline.
 
 Usage: TF_USE_LEGACY_KERAS=1 python benchmarks/notebook_tf1.py [--low-level] [--batches 800]
+       [--time-eval 5]  # then times the notebook's validation evaluation, images/s
 
 The network, the training loop, the logging cadence and the final evaluations are the
 notebook's cells In[4]/In[5] (`tf.layers.batch_normalization`) or, with `--low-level`,
@@ -81,7 +82,7 @@ def fully_connected_low(previous_layer, number_of_units, is_training):
     return _hand_written_bn(layer, number_of_units, [0], is_training)
 
 
-def train(mnist, number_of_batches, batch_size, learning_rate, low_level):
+def train(mnist, number_of_batches, batch_size, learning_rate, low_level, time_eval=0):
     """The notebook's `train` with batch normalization, cadence and final evaluations included."""
     conv_layer = conv_layer_low if low_level else conv_layer_high
     fully_connected = fully_connected_low if low_level else fully_connected_high
@@ -131,6 +132,11 @@ def train(mnist, number_of_batches, batch_size, learning_rate, low_level):
                 accuracy, feed_dict={inputs: [test.images[i]], labels: [test.labels[i]], is_training: False}
             )
         print(f"Accuracy on 100 samples: {correct / 100}")
+        feed = {inputs: validation.images, labels: validation.labels, is_training: False}
+        for _ in range(time_eval):  # the cadence's evaluation, timed: one session.run
+            started = time.perf_counter()
+            s.run([model_loss, accuracy], feed_dict=feed)
+            print(f"eval images/s: {len(validation.images) / (time.perf_counter() - started):.0f}")
 
 
 def main():
@@ -141,13 +147,15 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=0.002)
     parser.add_argument("--low-level", action="store_true", help="In[6]: the hand-written batch norm")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--time-eval", type=int, default=0, metavar="N",
+                        help="after training, time N evaluations of the validation set")
     args = parser.parse_args()
     tf1.disable_eager_execution()
     tf1.set_random_seed(0)
     mnist = load_mnist(args.data_dir)
     started = time.perf_counter()
     with tf.Graph().as_default():
-        train(mnist, args.batches, args.batch_size, args.learning_rate, args.low_level)
+        train(mnist, args.batches, args.batch_size, args.learning_rate, args.low_level, args.time_eval)
     print(f"train() seconds: {time.perf_counter() - started:.1f}")
 
 
