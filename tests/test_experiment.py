@@ -27,7 +27,7 @@ from keras_bn.experiment import (
     format_summary,
     run_experiment,
 )
-from keras_bn.experiment.checkpoint import read_state
+from keras_bn.experiment.checkpoint import RunCheckpoint, read_state
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "results.schema.json").read_text(encoding="utf-8"))
@@ -424,6 +424,34 @@ def test_cli_killed_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
     assert _numbers(b) == _numbers(a)
     for key in ("final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples"):
         assert b[key] == a[key]
+
+
+class _SignalRightAfterARead:
+    """A stop request whose SIGTERM lands just after its first read, as a real one can."""
+
+    signal_number = None
+
+    @property
+    def requested(self):
+        """Whether the signal had arrived; it arrives right after this read."""
+        arrived = self.signal_number is not None
+        self.signal_number = signal.SIGTERM
+        return arrived
+
+
+def test_a_stop_always_leaves_a_checkpoint_of_the_batches_it_reports(tmp_path):
+    """The SIGTERM test's race: a stop read twice per batch could raise without saving."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    path = tmp_path / "run.zip"
+    callback = RunCheckpoint(path, {"run": 1}, lambda done, result: {"batches_done": done},
+                             every=5, total=30, stop=_SignalRightAfterARead(), run="a run")
+    callback.set_model(model)
+    with pytest.raises(TrainingInterrupted) as info:
+        for batch in range(30):
+            callback.on_train_batch_end(batch)
+    assert info.value.batches_done == 2  # Seen after the next batch, not lost after this one.
+    assert read_state(path)["batches_done"] == info.value.batches_done
 
 
 def test_the_top_level_is_the_library_and_moved_names_warn():

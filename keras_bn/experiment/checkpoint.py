@@ -191,9 +191,13 @@ class RunCheckpoint(keras.callbacks.Callback):
         done = self.start + int(batch) + 1
         if done >= self.total:  # The run saves its result when it finishes.
             return
-        if self.stop.requested or (self.path and done // self.every > self._last // self.every):
+        # Read once: a signal that arrived between a read that saves nothing and a
+        # second read that stops would stop the run without saving these batches.
+        stopping = self.stop.requested
+        if stopping or (self.path and done // self.every > self._last // self.every):
             self.save(done)
-        self.stop_if_requested(done)
+        if stopping:
+            self._interrupt(done)
 
     def save(self, done, result=None):
         """Writes the checkpoint after `done` batches (with `result` once finished)."""
@@ -204,7 +208,11 @@ class RunCheckpoint(keras.callbacks.Callback):
     def stop_if_requested(self, done=None):
         """Raises `TrainingInterrupted` if a stop was requested (`done=None`: run finished)."""
         if self.stop.requested:
-            raise TrainingInterrupted(
-                self.stop.signal_number, batches_done=done, total=self.total,
-                checkpoint=self.path, run=self.run,
-            )
+            self._interrupt(done)
+
+    def _interrupt(self, done):
+        """Raises `TrainingInterrupted` for the requested stop after `done` batches."""
+        raise TrainingInterrupted(
+            self.stop.signal_number, batches_done=done, total=self.total,
+            checkpoint=self.path, run=self.run,
+        )
