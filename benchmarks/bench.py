@@ -160,7 +160,10 @@ def timed_command(command):
 
 def bench_experiment(repeats):
     """Times the whole keras-bn command against the notebook's TF1 code, alternately."""
-    keras_bn_cli = [sys.executable, "-m", "keras_bn.experiment.cli", "--variants", "manual", "--quiet"]
+    # The console script users run (`_keras_bn_cli.main`), not `python -m`, which imports
+    # the package before the command can set up its import.
+    keras_bn_cli = [sys.executable, "-c", "import sys, _keras_bn_cli; sys.exit(_keras_bn_cli.main())",
+                    "--variants", "manual", "--quiet"]
     notebook = [sys.executable, str(ROOT / "benchmarks" / "notebook_tf1.py")]
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as out:
