@@ -1,243 +1,20 @@
 """`ManualBatchNorm`: the notebook's hand-written batch normalization as a Keras layer."""
 
-import functools
-
 import keras
 from keras import ops
 
-from keras_bn import _gradient, _native
+from keras_bn import _gradient, _layout, _moving, _native
+from keras_bn._layer_args import (
+    check_epsilon,
+    check_flag,
+    check_momentum,
+    check_renorm_clipping,
+    check_virtual_batch_size,
+    normalize_axis_arg,
+)
+from keras_bn._moments import count_along, moments, normalize, replica_sum
 
 __all__ = ["ManualBatchNorm"]
-
-
-def _check_flag(name, value):
-    """Returns `value` if it is a Python bool, else raises a `TypeError` naming `name`."""
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a bool (True or False). Received: {name}={value!r}"
-        )
-    return value
-
-
-def _as_float(name, value):
-    """Returns `float(value)`, raising a `TypeError` naming `name` when it is not a real number."""
-    try:
-        if isinstance(value, bool):  # An int to Python, never a sensible rate.
-            raise TypeError
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"`{name}` must be a real number. Received: {name}={value!r}"
-        ) from None
-
-
-def _normalize_axis_arg(axis):
-    """Converts the `axis` argument to an int or a tuple of ints, validating its type."""
-
-    def as_int(a):
-        if isinstance(a, bool) or not isinstance(a, int):
-            try:
-                is_integral = int(a) == a
-            except (TypeError, ValueError):
-                is_integral = False
-            if isinstance(a, bool) or not is_integral:
-                raise TypeError(
-                    "`axis` must be an int or a list/tuple of ints. "
-                    f"Received: axis={axis!r}"
-                )
-        return int(a)
-
-    if isinstance(axis, (list, tuple)):
-        if not axis:
-            raise ValueError(
-                "`axis` must name at least one axis. Received: axis=" f"{axis!r}"
-            )
-        return tuple(as_int(a) for a in axis)
-    return as_int(axis)
-
-
-def _count_along(x, axes):
-    """Returns how many elements of `x` each reduction over `axes` sees, as a Python int if static."""
-    count = 1
-    shape = ops.shape(x)
-    for a in axes:
-        count = count * shape[a]
-    return count
-
-
-def _moments(x, axes, weights=None, all_reduce=None):
-    """Returns the mean, the biased variance, the count and the deviations `x - mean` over `axes`.
-
-    `weights` (0/1, broadcastable to `x`) leaves out the positions where it is 0;
-    `all_reduce` (a function summing a tensor over replicas) makes the statistics
-    those of the global batch. Both use the same two passes: sums and counts give
-    the mean, then summed squared deviations from it give the variance, which keeps
-    every digit a one-pass `E[x^2] - E[x]^2` loses when |mean| >> std.
-
-    The statistics keep their reduced dims. The count is a Python number when it
-    is static, else a tensor shaped like the statistics. The deviations are
-    returned because normalizing needs them too: computing them once saves a
-    pass over the full tensor, forward and backward.
-    """
-    if weights is None and all_reduce is None:
-        # Sums over a count, not ops.mean: Keras's mean on PyTorch reduces
-        # float64 in float32.
-        count = _count_along(x, axes)
-        n = count if isinstance(count, int) else ops.cast(count, x.dtype)
-        mean = ops.sum(x, axis=axes, keepdims=True) / n
-        centered = x - mean
-        variance = ops.sum(ops.square(centered), axis=axes, keepdims=True) / n
-        return mean, variance, count, centered
-    reduce = all_reduce or (lambda t: t)
-    if weights is None:
-        total = ops.sum(x, axis=axes, keepdims=True)
-        count = ops.ones_like(total) * ops.cast(_count_along(x, axes), x.dtype)
-    else:
-        weights = ops.broadcast_to(ops.cast(weights, x.dtype), ops.shape(x))
-        total = ops.sum(x * weights, axis=axes, keepdims=True)
-        count = ops.sum(weights, axis=axes, keepdims=True)
-    total, count = reduce(total), reduce(count)
-    # A channel with nothing counted would divide by zero; dividing by 1 gives
-    # 0 there instead, and the caller replaces those channels.
-    safe_count = ops.maximum(count, 1.0)
-    mean = total / safe_count
-    centered = x - mean
-    squares = ops.square(centered)
-    if weights is not None:
-        squares = squares * weights
-    variance = reduce(ops.sum(squares, axis=axes, keepdims=True)) / safe_count
-    return mean, variance, count, centered
-
-
-def _replica_sum():
-    """Returns a function summing a tensor over the replicas of the current distributed run, or `None`.
-
-    TensorFlow: the replica context of a `tf.distribute` strategy. PyTorch: an
-    initialized `torch.distributed` process group (differentiable all-reduce).
-    JAX needs none: under `keras.distribution.DataParallel` a batch is one global
-    array sharded over the devices, so a plain mean is already the global mean.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync <= 1:
-            return None
-        return lambda t: context.all_reduce(tf.distribute.ReduceOp.SUM, t)
-    if backend == "torch":
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return None
-        return _torch_all_reduce_sum()
-    return None
-
-
-@functools.cache
-def _torch_all_reduce_sum():
-    """Returns a differentiable sum over the processes of the default `torch.distributed` group.
-
-    `torch.distributed.all_reduce` is the supported collective but does not
-    record a gradient; the gradient of a sum over replicas is the sum of the
-    replicas' gradients, so the backward pass all-reduces too. (torch 2.13
-    deprecates `torch.distributed.nn.functional.all_reduce`, which did this.)
-    """
-    import torch
-    import torch.distributed as dist
-
-    class AllReduceSum(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, tensor):
-            total = tensor.clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            return total
-
-        @staticmethod
-        def backward(ctx, grad):
-            total = grad.clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            return total
-
-    return AllReduceSum.apply
-
-
-def _normalize(centered, variance, gamma, beta, epsilon):
-    """Returns `gamma * centered / sqrt(variance + epsilon) + beta`; `gamma`, `beta` may be `None`.
-
-    `centered` is `x - mean`. The per-channel factor `gamma / sqrt(variance +
-    epsilon)` is formed first, so the full-size tensor sees one multiply and one
-    add. Centering before scaling keeps the digits that `x * inv - mean * inv`
-    (the form `tf.nn.batch_normalization` uses) cancels away when |mean| >> std.
-    """
-    inv = ops.rsqrt(variance + epsilon)
-    if gamma is not None:
-        inv = inv * gamma
-    outputs = centered * inv
-    return outputs if beta is None else outputs + beta
-
-
-def _mean_where(values, usable):
-    """Returns the mean over axis 0 of `values` where `usable`, and whether any entry was usable."""
-    weights = ops.cast(usable, values.dtype)
-    total = ops.sum(ops.where(usable, values, 0.0), axis=0)
-    n = ops.sum(weights, axis=0)
-    return total / ops.maximum(n, 1.0), n > 0
-
-
-def _check_renorm_clipping(renorm_clipping):
-    """Validates `renorm_clipping` and returns it as a plain dict of floats."""
-    if renorm_clipping is None:
-        return None
-    if not isinstance(renorm_clipping, dict):
-        raise TypeError(
-            "`renorm_clipping` must be a dict with keys among 'rmax', 'rmin', 'dmax', "
-            f"or None. Received: renorm_clipping={renorm_clipping!r}"
-        )
-    unknown = sorted(set(renorm_clipping) - {"rmax", "rmin", "dmax"})
-    if unknown:
-        raise ValueError(
-            "`renorm_clipping` accepts only the keys 'rmax', 'rmin' and 'dmax'. "
-            f"Received: renorm_clipping={renorm_clipping!r} (unknown: {unknown})"
-        )
-    clipping = {
-        k: None if v is None else _as_float(f"renorm_clipping['{k}']", v)
-        for k, v in renorm_clipping.items()
-    }
-    rmin, rmax, dmax = (clipping.get(k) for k in ("rmin", "rmax", "dmax"))
-    if rmin is not None and rmin < 0:
-        raise ValueError(
-            "`renorm_clipping['rmin']` must be >= 0: r is a ratio of standard "
-            f"deviations. Received: renorm_clipping={renorm_clipping!r}"
-        )
-    if rmin is not None and rmax is not None and rmax < rmin:
-        raise ValueError(
-            "`renorm_clipping['rmax']` must be >= `renorm_clipping['rmin']`. "
-            f"Received: renorm_clipping={renorm_clipping!r}"
-        )
-    if dmax is not None and dmax < 0:
-        raise ValueError(
-            "`renorm_clipping['dmax']` must be >= 0: d is clipped to [-dmax, dmax]. "
-            f"Received: renorm_clipping={renorm_clipping!r}"
-        )
-    return clipping
-
-
-def _check_momentum(name, value, *, allow_none):
-    """Returns `value` as a float in [0, 1] (or `None` where allowed), else raises naming `name`.
-
-    1 is allowed, as Keras allows it: the averages then never move (frozen statistics).
-    """
-    if value is None and allow_none:
-        return None
-    momentum = _as_float(name, value)
-    if not 0.0 <= momentum <= 1.0:
-        extra = " or None (a cumulative average)" if allow_none else ""
-        raise ValueError(
-            f"`{name}` must be in [0, 1]{extra}: it is the weight of the old value "
-            f"in the moving averages. Received: {name}={value!r}"
-        )
-    return momentum
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
@@ -445,16 +222,11 @@ class ManualBatchNorm(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.axis = _normalize_axis_arg(axis)
-        self.momentum = _check_momentum("momentum", momentum, allow_none=True)
-        self.epsilon = _as_float("epsilon", epsilon)
-        if not 0.0 < self.epsilon < float("inf"):
-            raise ValueError(
-                "`epsilon` must be > 0 and finite: it keeps the division away "
-                f"from zero. Received: epsilon={epsilon!r}"
-            )
-        self.center = _check_flag("center", center)
-        self.scale = _check_flag("scale", scale)
+        self.axis = normalize_axis_arg(axis)
+        self.momentum = check_momentum("momentum", momentum, allow_none=True)
+        self.epsilon = check_epsilon(epsilon)
+        self.center = check_flag("center", center)
+        self.scale = check_flag("scale", scale)
         self.beta_initializer = keras.initializers.get(beta_initializer)
         self.gamma_initializer = keras.initializers.get(gamma_initializer)
         self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
@@ -465,34 +237,14 @@ class ManualBatchNorm(keras.layers.Layer):
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
-        self.renorm = _check_flag("renorm", renorm)
-        # Keras stores `renorm_clipping` unchecked when renorm is off, and a
-        # drop-in must load every config Keras's layer accepts.
-        if self.renorm or not isinstance(renorm_clipping, dict):
-            self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
-        else:
-            self.renorm_clipping = dict(renorm_clipping)
-        self.renorm_momentum = _check_momentum(
+        self.renorm = check_flag("renorm", renorm)
+        self.renorm_clipping = check_renorm_clipping(renorm_clipping, renorm=self.renorm)
+        self.renorm_momentum = check_momentum(
             "renorm_momentum", renorm_momentum, allow_none=False
         )
-        self.synchronized = _check_flag("synchronized", synchronized)
-        if virtual_batch_size is not None and (
-            isinstance(virtual_batch_size, bool)
-            or not isinstance(virtual_batch_size, int)
-            or virtual_batch_size < 1
-        ):
-            raise ValueError(
-                "`virtual_batch_size` must be a positive int (samples per ghost "
-                f"batch) or None. Received: virtual_batch_size={virtual_batch_size!r}"
-            )
-        if virtual_batch_size is not None and self.synchronized:
-            raise ValueError(
-                "`virtual_batch_size` and `synchronized=True` cannot be combined: "
-                "ghost batches are local by design. Received: "
-                f"virtual_batch_size={virtual_batch_size!r}, synchronized=True"
-            )
-        self.virtual_batch_size = virtual_batch_size
-        self.unbiased_variance = _check_flag("unbiased_variance", unbiased_variance)
+        self.synchronized = check_flag("synchronized", synchronized)
+        self.virtual_batch_size = check_virtual_batch_size(virtual_batch_size, self.synchronized)
+        self.unbiased_variance = check_flag("unbiased_variance", unbiased_variance)
         self.fused = _native.check_fused(fused)
         if self.fused:
             reasons = _native.configuration_obstacles(self)
@@ -504,29 +256,6 @@ class ManualBatchNorm(keras.layers.Layer):
 
     # -- shapes ---------------------------------------------------------------
 
-    def _channel_axes(self, rank):
-        """Returns the channel axes as sorted non-negative ints, validated against `rank`."""
-        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
-        resolved = []
-        for a in axes:
-            if not -rank <= a < rank:
-                raise ValueError(
-                    f"`axis` must be in [-{rank}, {rank}) for an input of rank "
-                    f"{rank}. Received: axis={self.axis!r}"
-                )
-            resolved.append(a % rank)
-        if len(set(resolved)) != len(resolved):
-            raise ValueError(
-                f"`axis` names the same axis twice for an input of rank {rank}. "
-                f"Received: axis={self.axis!r}"
-            )
-        if self.virtual_batch_size is not None and 0 in resolved:
-            raise ValueError(
-                "With `virtual_batch_size`, axis 0 is the batch axis and cannot be "
-                f"a channel axis. Received: axis={self.axis!r}"
-            )
-        return tuple(sorted(resolved))
-
     def build(self, input_shape):
         rank = len(input_shape)
         if rank == 0:
@@ -534,7 +263,7 @@ class ManualBatchNorm(keras.layers.Layer):
                 "ManualBatchNorm needs an input of rank at least 1. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        axes = self._channel_axes(rank)
+        axes = _layout.channel_axes(self, rank)
         for a in axes:
             if input_shape[a] is None:
                 raise ValueError(
@@ -550,6 +279,13 @@ class ManualBatchNorm(keras.layers.Layer):
         self._broadcast_shape = tuple(
             int(input_shape[i]) if i in axes else 1 for i in range(rank)
         )
+        self._create_weights(param_shape)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=rank, axes={a: int(input_shape[a]) for a in axes}
+        )
+
+    def _create_weights(self, param_shape):
+        """Creates `gamma`, `beta`, the moving statistics and the extra weights the options need."""
 
         def weight(name, initializer, trainable=False, **extra):
             return self.add_weight(
@@ -594,59 +330,15 @@ class ManualBatchNorm(keras.layers.Layer):
             self.num_batches_tracked = weight(
                 "num_batches_tracked", "zeros", shape=(), dtype="int32"
             )
-        self.input_spec = keras.layers.InputSpec(
-            ndim=rank, axes={a: int(input_shape[a]) for a in axes}
-        )
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     # -- the forward pass -------------------------------------------------------
 
-    def _mask_weights(self, mask, inputs):
-        """Returns the mask as 0/1 weights broadcastable to `inputs`, checking its shape."""
-        rank = len(inputs.shape)
-        received = (
-            f"Received: mask.shape={tuple(mask.shape)} for inputs.shape="
-            f"{tuple(inputs.shape)} and axis={self.axis!r}"
-        )
-        if len(mask.shape) == rank - 1 and len(self._channel_axes_resolved) == 1:
-            # A mask over every axis but the channel one: put the channel axis
-            # back where it belongs (not always last, unlike Keras's layer).
-            mask = ops.expand_dims(mask, axis=self._channel_axes_resolved[0])
-        elif len(mask.shape) != rank:
-            raise ValueError(
-                "`mask` must have the input's shape without `axis`, or the "
-                f"input's rank with size 1 along `axis`. {received}"
-            )
-        for m, x in zip(mask.shape, inputs.shape):
-            if m is not None and x is not None and m not in (1, x):
-                raise ValueError(f"`mask` does not broadcast against the input. {received}")
-        return ops.cast(mask, inputs.dtype)
-
     def _ghost_batches(self, x):
-        """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)`, checking that v divides the batch."""
-        v = self.virtual_batch_size
-        batch = x.shape[0]
-        message = "The batch size must be a multiple of `virtual_batch_size`. Received: a batch of {}"
-        message += f" with virtual_batch_size={v}"
-        if batch is not None and batch % v:
-            raise ValueError(message.format(batch))
-        if batch is None and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            # Only a traced graph has an unknown batch size (the ragged last batch
-            # of a compiled `fit`): check when it runs, before the reshape
-            # (unordered, the reshape's own error could win), with the message an
-            # eager call gives, both numbers in it. TensorFlow raises it as an
-            # InvalidArgumentError whose first line is "Graph execution error:".
-            size = tf.shape(x)[0]
-            check = tf.debugging.Assert(
-                tf.equal(size % v, 0), [tf.strings.format(message, size)]
-            )
-            with tf.control_dependencies([check]):
-                x = tf.identity(x)
-        return ops.reshape(x, (-1, v) + tuple(ops.shape(x)[1:]))
+        """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)` (`_layout.ghost_batches`)."""
+        return _layout.ghost_batches(self, x)
 
     def __call__(self, *args, **kwargs):
         if keras.backend.backend() == "torch":
@@ -667,7 +359,7 @@ class ManualBatchNorm(keras.layers.Layer):
         if keras.backend.backend() == "torch":
             from keras_bn import _torch_path
 
-            all_reduce = _replica_sum() if training and self.synchronized else None
+            all_reduce = replica_sum() if training and self.synchronized else None
             outputs = _torch_path.call(self, inputs, training, mask, all_reduce)
             if outputs is not None:
                 return outputs
@@ -678,23 +370,28 @@ class ManualBatchNorm(keras.layers.Layer):
             if outputs is not None:
                 return ops.cast(outputs, self.compute_dtype)
 
-        def per_channel(value, shape=self._broadcast_shape):
-            value = ops.cast(value, dtype)
-            if shape[-1] == value.shape[-1] and len(value.shape) == 1:
-                return value  # channels last: a (C,) vector already broadcasts
-            return ops.reshape(value, shape)
-
-        gamma = per_channel(self.gamma) if self.scale else None
-        beta = per_channel(self.beta) if self.center else None
+        gamma = self._per_channel(self.gamma, dtype) if self.scale else None
+        beta = self._per_channel(self.beta, dtype) if self.center else None
 
         if not training:
-            centered = x - per_channel(self.moving_mean)
-            outputs = _normalize(
-                centered, per_channel(self.moving_variance), gamma, beta, self.epsilon
-            )
-            return ops.cast(outputs, self.compute_dtype)
+            centered = x - self._per_channel(self.moving_mean, dtype)
+            variance = self._per_channel(self.moving_variance, dtype)
+            outputs = normalize(centered, variance, gamma, beta, self.epsilon)
+        else:
+            outputs = self._call_training(x, dtype, gamma, beta, mask)
+        return ops.cast(outputs, self.compute_dtype)
 
-        weights = None if mask is None else self._mask_weights(mask, x)
+    def _per_channel(self, value, dtype, shape=None):
+        """Returns a per-channel weight in `dtype`, shaped to broadcast against the input or to `shape`."""
+        shape = self._broadcast_shape if shape is None else shape
+        value = ops.cast(value, dtype)
+        if shape[-1] == value.shape[-1] and len(value.shape) == 1:
+            return value  # channels last: a (C,) vector already broadcasts
+        return ops.reshape(value, shape)
+
+    def _call_training(self, x, dtype, gamma, beta, mask):
+        """The hand-written training path: normalizes with the batch statistics, updates the moving ones."""
+        weights = None if mask is None else _layout.mask_weights(self, mask, x)
         shape = self._broadcast_shape
         axes = self._reduction_axes
         original_shape = ops.shape(x)
@@ -707,18 +404,20 @@ class ManualBatchNorm(keras.layers.Layer):
             axes = tuple(a + 1 for a in axes)
             gamma = None if gamma is None else ops.reshape(gamma, shape)
             beta = None if beta is None else ops.reshape(beta, shape)
-        all_reduce = _replica_sum() if self.synchronized else None
+        all_reduce = replica_sum() if self.synchronized else None
 
         # With the closed-form backward (keras_bn/_gradient.py) the statistics
         # record no gradient: the normalize step's own gradient accounts for them.
         def statistics(source):
-            mean, variance, count, centered = _moments(source, axes, weights, all_reduce)
+            mean, variance, count, centered = moments(source, axes, weights, all_reduce)
             if weights is not None:
                 # A channel with no unmasked position has no batch statistics:
                 # use the moving ones, which also leaves them unchanged below.
                 seen = count > 0
-                mean = ops.where(seen, mean, per_channel(self.moving_mean, shape))
-                variance = ops.where(seen, variance, per_channel(self.moving_variance, shape))
+                mean = ops.where(seen, mean, self._per_channel(self.moving_mean, dtype, shape))
+                variance = ops.where(
+                    seen, variance, self._per_channel(self.moving_variance, dtype, shape)
+                )
                 centered = source - mean
             return mean, variance, count, centered
 
@@ -726,7 +425,7 @@ class ManualBatchNorm(keras.layers.Layer):
         mean, variance, count, centered = statistics(ops.stop_gradient(x) if hand_written else x)
 
         if self.renorm:
-            r, d = self._renorm_correction(mean, variance, shape)
+            r, d = _moving.renorm_correction(self, mean, variance, shape)
             # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
             offset = d if gamma is None else d * gamma
             beta = offset if beta is None else offset + beta
@@ -738,18 +437,18 @@ class ManualBatchNorm(keras.layers.Layer):
                 recompute=lambda source: statistics(source)[1::2],
             )
         else:
-            outputs = _normalize(centered, variance, gamma, beta, self.epsilon)
+            outputs = normalize(centered, variance, gamma, beta, self.epsilon)
         if self.virtual_batch_size is not None:
             outputs = ops.reshape(outputs, original_shape)
         self._update_statistics(mean, variance, count)
-        return ops.cast(outputs, self.compute_dtype)
+        return outputs
 
     def _call_native(self, x, training, mask):
         """Returns the outputs from TensorFlow's kernel (`_native`), or `None` for the hand-written path.
 
         On JAX it only refuses `fused=True`; PyTorch's kernel is called from `_torch_path`.
         """
-        all_reduce = _replica_sum() if training and self.synchronized else None
+        all_reduce = replica_sum() if training and self.synchronized else None
         reasons = _native.call_obstacles(
             self, x, training=training, mask=mask, all_reduce=all_reduce
         )
@@ -759,7 +458,7 @@ class ManualBatchNorm(keras.layers.Layer):
             return None
         if not training:
             return _native.tensorflow_batch_norm(self, x, training=False)[0]
-        count = _count_along(x, self._reduction_axes)
+        count = count_along(x, self._reduction_axes)
         self._check_count(count)
         outputs, mean, variance = _native.tensorflow_batch_norm(self, x, training=True)
         if self.virtual_batch_size is not None:
@@ -770,115 +469,13 @@ class ManualBatchNorm(keras.layers.Layer):
         self._update_statistics(mean, _native.biased(variance, count), count)
         return outputs
 
-    def _renorm_correction(self, mean, variance, shape):
-        """Returns Batch Renormalization's `(r, d)`, clipped, without gradient."""
-        renorm_stddev = ops.reshape(ops.cast(self.renorm_stddev, mean.dtype), shape)
-        renorm_mean = ops.reshape(ops.cast(self.renorm_mean, mean.dtype), shape)
-        # Early in training renorm_stddev can be ~0: keep the ratio finite.
-        renorm_stddev = ops.maximum(renorm_stddev, self.epsilon**0.5)
-        r = ops.sqrt(variance + self.epsilon) / renorm_stddev
-        d = (mean - renorm_mean) / renorm_stddev
-        clipping = self.renorm_clipping or {}
-        if clipping.get("rmin") is not None:
-            r = ops.maximum(r, clipping["rmin"])
-        if clipping.get("rmax") is not None:
-            r = ops.minimum(r, clipping["rmax"])
-        if clipping.get("dmax") is not None:
-            d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
-        return ops.stop_gradient(r), ops.stop_gradient(d)
-
     def _check_count(self, count):
-        """Refuses a batch too small for the unbiased variance, when its size is static."""
-        if self.unbiased_variance and isinstance(count, int) and count < 2:
-            raise ValueError(
-                "`unbiased_variance=True` needs at least 2 values per channel "
-                f"in a training batch (n / (n - 1)). Received: {count} value(s) "
-                "per channel"
-            )
+        """Refuses a batch too small for the unbiased variance (`_moving.check_count`)."""
+        _moving.check_count(self, count)
 
     def _update_statistics(self, mean, variance, count):
-        """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s).
-
-        `mean`, `variance` and `count` are per channel (and per ghost batch).
-        Only the channels whose statistics are usable move: a finite mean and
-        variance from at least one counted value (two, for the unbiased
-        variance); the others keep their moving statistics exactly.
-        """
-        self._check_count(count)
-        if (
-            self.unbiased_variance
-            and keras.backend.backend() == "tensorflow"
-            and not isinstance(count, int)
-            and len(count.shape) == 0
-        ):
-            import tensorflow as tf
-
-            # A scalar tensor count is a batch size unknown when traced (the
-            # last batch of a compiled fit): refuse one value per channel when
-            # it runs, as every other backend and an eager call do.
-            check = tf.debugging.assert_greater_equal(
-                count,
-                tf.constant(2, count.dtype),
-                message="`unbiased_variance=True` needs at least 2 values per "
-                "channel in a training batch (n / (n - 1)).",
-            )
-            with tf.control_dependencies([check]):  # no update before the check
-                count = tf.identity(count)
-        # The count is a Python int, a scalar int tensor (a batch size unknown
-        # when traced) or a float tensor per channel (masks, replicas): one
-        # float tensor shaped like the statistics serves every case.
-        count = ops.ones_like(mean) * ops.cast(count, mean.dtype)
-        usable = ops.logical_and(
-            ops.logical_and(ops.isfinite(mean), ops.isfinite(variance)), count > 0
-        )
-        if self.unbiased_variance:
-            # n / (n - 1) is undefined for n = 1 (a masked channel can count
-            # one value): that channel's variance stays where it was.
-            variance = variance * (count / ops.maximum(count - 1.0, 1.0))
-        variance_usable = ops.logical_and(usable, count > 1) if self.unbiased_variance else usable
-        if self.virtual_batch_size is not None:
-            # tf.keras's rule: the moving statistics follow the mean of the
-            # ghost batches' statistics; a ghost batch with nothing usable is
-            # left out of that mean.
-            mean, usable = _mean_where(mean, usable)
-            variance, variance_usable = _mean_where(variance, variance_usable)
-
-        momentum = self.momentum
-        if momentum is None:
-            # Cumulative average: batch n enters with weight 1/n (PyTorch's
-            # rule). One counter serves every channel, so a batch counts only
-            # when every channel can use it; otherwise it changes nothing.
-            counted = ops.all(ops.logical_and(usable, variance_usable))
-            seen = self.num_batches_tracked + ops.cast(counted, "int32")
-            self.num_batches_tracked.assign(seen)
-            momentum = 1.0 - 1.0 / ops.cast(ops.maximum(seen, 1), mean.dtype)
-            usable = variance_usable = ops.logical_and(usable, counted)
-
-        self._assign_average(self.moving_mean, mean, momentum, usable)
-        if not self.renorm:
-            self._assign_average(self.moving_variance, variance, momentum, variance_usable)
-            return
-        stddev = ops.sqrt(variance + self.epsilon)
-        self._assign_average(self.renorm_mean, mean, self.renorm_momentum, usable)
-        self._assign_average(self.renorm_stddev, stddev, self.renorm_momentum, variance_usable)
-        new_stddev = self._assign_average(self.moving_stddev, stddev, momentum, variance_usable)
-        # relu: rounding can take stddev^2 a hair below epsilon.
-        self.moving_variance.assign(ops.relu(new_stddev * new_stddev - self.epsilon))
-
-    def _assign_average(self, variable, batch_value, momentum, usable):
-        """Assigns `variable * momentum + batch_value * (1 - momentum)` where `usable`, else keeps it.
-
-        Returns the new value. The entries that are not usable (a NaN or Inf
-        in the batch, nothing counted) keep the old value exactly, so one bad
-        batch cannot poison inference.
-        """
-        current = ops.cast(variable, batch_value.dtype)
-        batch_value = ops.reshape(batch_value, variable.shape)
-        usable = ops.reshape(usable, variable.shape)
-        new = current * momentum + batch_value * (1.0 - momentum)
-        new = ops.where(usable, new, current)
-        variable.assign(ops.cast(new, variable.dtype))
-        return new
+        """Folds the batch statistics into the moving averages (`_moving.update_statistics`)."""
+        _moving.update_statistics(self, mean, variance, count)
 
     # -- serialization ------------------------------------------------------------
 
