@@ -1,17 +1,18 @@
-"""`ManualBatchNorm`'s plain case on PyTorch, written in direct torch calls.
+"""`ManualBatchNorm` on PyTorch: the call, the kernel's and the closed-form paths, in direct torch calls.
 
-The PyTorch backend runs eagerly: every `keras.ops` call is a Python function
-that converts and checks its arguments before PyTorch launches a kernel, and
-PyTorch's autograd then records every one of them. On the notebook's network
+The PyTorch backend runs eagerly: Keras's `Layer.__call__` runs at every step
+(`plain_call` skips it where it changes nothing), and every `keras.ops` call is
+a Python function that converts and checks its arguments before PyTorch
+launches a kernel, and PyTorch's autograd then records every one of them. On the notebook's network
 that made batch norm cost three times what `nn.BatchNorm2d` costs in plain
 PyTorch (docs/benchmarks.md). Here the same formulas run as a few torch calls:
 
 - the batch mean, then the biased variance as the mean of squared deviations
-  from it (two passes, like `_moments`: no `E[x^2] - E[x]^2` cancellation).
+  from it (two passes, like `_moments.moments`: no `E[x^2] - E[x]^2` cancellation).
   Not `torch.var_mean`: on CPU its Welford loop ran 10 to 15 times slower than
   these two passes on the network's channels-first shapes;
 - `x_hat * gamma + beta` with `x_hat = (x - mean) / sqrt(var + epsilon)`,
-  centered first as in `_normalize`;
+  centered first as in `_moments.normalize`;
 - in training, the paper's closed-form backward (keras_bn/_gradient.py) as a
   `torch.autograd.Function`: five passes over the data instead of autograd's
   dozen. Asked for a gradient of the gradient, it recomputes `x_hat` from `x`
@@ -171,7 +172,7 @@ def _normalize(centered, inv, gamma, beta):
     """Returns `centered * inv * gamma + beta` as a new tensor; `gamma`, `beta` may be `None`.
 
     The per-channel factor `inv * gamma` is formed first, so the full-size
-    tensor sees one multiply and one add, as in `batch_norm._normalize`.
+    tensor sees one multiply and one add, as in `_moments.normalize`.
     """
     outputs = centered * (inv if gamma is None else inv * gamma)
     return outputs if beta is None else outputs.add_(beta)
