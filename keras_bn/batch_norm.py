@@ -462,10 +462,13 @@ class ManualBatchNorm(keras.layers.Layer):
         self._check_count(count)
         outputs, mean, variance = _native.tensorflow_batch_norm(self, x, training=True)
         if self.virtual_batch_size is not None:
-            # The statistics of each ghost batch, group-major, each of a v-th of the count.
-            groups = ops.shape(x)[0] // self.virtual_batch_size
-            count = count // groups
-            mean, variance = (ops.reshape(s, (groups, -1)) for s in (mean, variance))
+            # The statistics of each ghost batch, group-major. Their number comes from
+            # the kernel's output, which a traced graph computes only after the layer's
+            # check that v divides the batch (from the input, a batch smaller than v
+            # would divide by zero first).
+            channels = ops.shape(self.moving_mean)[0]
+            mean, variance = (ops.reshape(s, (-1, channels)) for s in (mean, variance))
+            count = count // ops.shape(mean)[0]
         self._update_statistics(mean, _native.biased(variance, count), count)
         return outputs
 
