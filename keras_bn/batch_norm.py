@@ -341,6 +341,8 @@ class ManualBatchNorm(keras.layers.Layer):
         return _layout.ghost_batches(self, x)
 
     def __call__(self, *args, **kwargs):
+        # PyTorch runs eagerly: a call that Keras's per-call work would not change
+        # skips it (`_torch_path.plain_call`; docs/guide/native.md).
         if keras.backend.backend() == "torch":
             from keras_bn import _torch_path
 
