@@ -219,3 +219,15 @@ def test_the_entry_point_runs_the_command_with_the_whole_package(tmp_path):
         tmp_path)
     assert status == 1 and "keras-bn: error: " in err and str(missing) in err
     assert "keras" in heavy and whole
+
+
+def test_the_commands_keras_import_leaves_pyplot_out_and_importable(tmp_path):
+    """Keras imports pyplot for `keras.visualization` alone (0.4 s); the command does without it."""
+    pytest.importorskip("matplotlib")
+    code = ("import sys, _keras_bn_cli; _keras_bn_cli._import_command(); "
+            "print('matplotlib.pyplot' in sys.modules); import matplotlib.pyplot; print('importable')")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "importable"]
