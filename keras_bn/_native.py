@@ -88,6 +88,14 @@ def call_obstacles(layer, x, *, training, mask, all_reduce):
     return reasons
 
 
+def kernel_applies(layer, x, *, training, mask, all_reduce):
+    """Returns whether this call of `layer` takes the kernel; raises `fused=True`'s refusal where it cannot."""
+    reasons = call_obstacles(layer, x, training=training, mask=mask, all_reduce=all_reduce)
+    if reasons and layer.fused:
+        raise refusal(reasons)
+    return not reasons
+
+
 def refusal(reasons):
     """Returns the `ValueError` for `fused=True` when `reasons` rule the native kernel out."""
     return ValueError(

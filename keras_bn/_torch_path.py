@@ -107,10 +107,7 @@ def _count(layer, x):
 
 def _kernel_call(layer, x, training, mask, all_reduce):
     """Returns the outputs from PyTorch's kernel, or `None` when this call takes another path."""
-    reasons = _native.call_obstacles(layer, x, training=training, mask=mask, all_reduce=all_reduce)
-    if reasons:
-        if layer.fused:
-            raise _native.refusal(reasons)
+    if not _native.kernel_applies(layer, x, training=training, mask=mask, all_reduce=all_reduce):
         return None
     if not training:
         return _native.torch_batch_norm(layer, x, training=False)[0]

@@ -451,12 +451,7 @@ class ManualBatchNorm(keras.layers.Layer):
         On JAX it only refuses `fused=True`; PyTorch's kernel is called from `_torch_path`.
         """
         all_reduce = replica_sum() if training and self.synchronized else None
-        reasons = _native.call_obstacles(
-            self, x, training=training, mask=mask, all_reduce=all_reduce
-        )
-        if reasons:
-            if self.fused:
-                raise _native.refusal(reasons)
+        if not _native.kernel_applies(self, x, training=training, mask=mask, all_reduce=all_reduce):
             return None
         if not training:
             return _native.tensorflow_batch_norm(self, x, training=False)[0]
