@@ -44,6 +44,11 @@ except ImportError:  # pragma: no cover - a Keras that moved it: always take Ker
     get_global_attribute = None
 
 
+def _stateless_scope_open():
+    """Returns whether a `keras.StatelessScope` is open; `True` where Keras no longer tells."""
+    return get_global_attribute is None or get_global_attribute("stateless_scope") is not None
+
+
 def plain_call(layer, args, kwargs):
     """Returns `layer(*args, **kwargs)` without Keras's per-call work, or `None` where that work matters.
 
@@ -55,7 +60,7 @@ def plain_call(layer, args, kwargs):
     no mask, and no `StatelessScope` or distribution open: this is that call.
     Anything else returns `None` and takes `Layer.__call__`.
     """
-    if len(args) != 1 or not layer.built or get_global_attribute is None:
+    if len(args) != 1 or not layer.built:
         return None
     training = kwargs.get("training")
     if type(training) is not bool or kwargs.get("mask") is not None or len(kwargs) > 1 + ("mask" in kwargs):
@@ -71,7 +76,7 @@ def plain_call(layer, args, kwargs):
     ):
         return None
     if (
-        get_global_attribute("stateless_scope") is not None
+        _stateless_scope_open()
         or keras.distribution.distribution() is not None
         or getattr(layer, "_remat_mode", None) is not None
         or layer.activity_regularizer is not None
@@ -268,7 +273,7 @@ def _update(layer, batch, factor):
         weights = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
         new = torch.addcmul(current * momentum, batch, weights)
         new = torch.where(torch.isfinite(batch), new, current)
-        if get_global_attribute is not None and get_global_attribute("stateless_scope") is None:
+        if not _stateless_scope_open():
             for value, new_value in zip(values, new):  # what `assign` does, without its checks
                 value.copy_(new_value.reshape(value.shape))
         else:  # a stateless call records the new values in its scope
