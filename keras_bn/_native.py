@@ -15,6 +15,8 @@ applies the unbiased variance when `unbiased_variance=True`.
   lacks, nor for `epsilon < 1.001e-5`, which cuDNN refuses. Not in training
   under XLA (`jit_compile=True`): XLA expands the kernel with the one-pass
   variance `E[x^2] - E[x]^2`, which loses every digit when |mean| >> std.
+  Without a GPU, `fused=None` trains small inputs on the closed form, which
+  is the faster there (`CPU_MIN_SAMPLE_VALUES`).
 - PyTorch: `torch.nn.functional.batch_norm` (cuDNN on CUDA tensors), training
   and inference, any single channel axis: channel axis 1 as it is, a last
   channel axis of a 4-D or 5-D input as a channels-last view, else a reshape
@@ -29,6 +31,7 @@ statistics synchronized over more than one replica take the hand-written path
 in training (docs/guide/native.md has the table).
 """
 
+import functools
 import math
 
 import keras
@@ -39,6 +42,13 @@ import keras
 MIN_EPSILON = 1.001e-5
 
 NATIVE_BACKENDS = ("tensorflow", "torch")
+
+#: On a CPU, TensorFlow's kernel costs a fixed 25 to 100 µs a training call (forward
+#: and backward; one or two threads, oneDNN on), whatever the size, where the
+#: closed-form path costs 20 µs on a tiny input and grows with it: at batch 32 the
+#: kernel lost below 2,400 values per sample and won from 3,100 (docs/benchmarks.md).
+#: With `fused=None`, smaller inputs train on the closed form there.
+CPU_MIN_SAMPLE_VALUES = 3000
 
 
 def check_fused(value):
@@ -93,7 +103,30 @@ def kernel_applies(layer, x, *, training, mask, all_reduce):
     reasons = call_obstacles(layer, x, training=training, mask=mask, all_reduce=all_reduce)
     if reasons and layer.fused:
         raise refusal(reasons)
-    return not reasons
+    if reasons:
+        return False
+    return layer.fused is True or not (training and _small_on_tensorflow_cpu(x))
+
+
+def _small_on_tensorflow_cpu(x):
+    """Returns whether `x` is too small for TensorFlow's kernel to pay in training, without a GPU.
+
+    Counted per sample (every axis but the first), which a traced step knows even
+    when its batch size is unknown.
+    """
+    if keras.backend.backend() != "tensorflow" or _tensorflow_sees_a_gpu():
+        return False
+    sample = x.shape[1:]
+    return all(d is not None for d in sample) and math.prod(sample) < CPU_MIN_SAMPLE_VALUES
+
+
+@functools.lru_cache(maxsize=1)
+def _tensorflow_sees_a_gpu():
+    """Returns whether TensorFlow places work on a GPU by default (asked once: a layer
+    call has started TensorFlow's runtime, after which its devices are fixed)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def refusal(reasons):

@@ -132,7 +132,9 @@ class ManualBatchNorm(keras.layers.Layer):
             (`FusedBatchNormV3` on TensorFlow, `torch.nn.functional.batch_norm`
             on PyTorch, cuDNN on a GPU), tf.keras's argument. `None`: the
             kernel wherever the options allow it, the hand-written path
-            elsewhere; both compute the same numbers to float32 round-off.
+            elsewhere, and on TensorFlow without a GPU, in training, also
+            for inputs under 3,000 values per sample, where the kernel is
+            the slower; both compute the same numbers to float32 round-off.
             `True`: always the kernel, and a `ValueError` naming the options
             that rule it out (renorm, masks, several channel axes,
             float64 on TensorFlow, the JAX backend, ...). `False`:

@@ -1,8 +1,28 @@
 """Shared test helpers: the layer contract, gradients on every backend, and a NumPy BN."""
 
+import contextlib
+
 import numpy as np
 
 import keras
+
+
+@contextlib.contextmanager
+def kernel_at_any_size():
+    """Within the block `fused=None` trains on TensorFlow's kernel whatever the input's size.
+
+    Without a GPU it trains inputs of fewer than `_native.CPU_MIN_SAMPLE_VALUES`
+    values per sample on the closed form, and the tests' inputs are that small:
+    the option matrix and the property tests are to run the kernel where it applies.
+    """
+    from keras_bn import _native
+
+    saved = _native.CPU_MIN_SAMPLE_VALUES
+    _native.CPU_MIN_SAMPLE_VALUES = 0
+    try:
+        yield
+    finally:
+        _native.CPU_MIN_SAMPLE_VALUES = saved
 
 
 def to_numpy(x):

@@ -12,8 +12,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import keras
-from helpers import numpy_batch_norm, to_numpy
+from helpers import kernel_at_any_size, numpy_batch_norm, to_numpy
 from keras_bn import ManualBatchNorm
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_at_any_size():
+    """`fused=None` takes TensorFlow's kernel on these small inputs too (`helpers.kernel_at_any_size`)."""
+    with kernel_at_any_size():
+        yield
+
 
 # Examples per property. JAX compiles every op again for each new shape, which
 # made these five properties about a quarter of its CI time: it draws half as many.

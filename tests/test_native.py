@@ -347,6 +347,36 @@ def test_a_mask_takes_the_hand_written_path_in_training_only(kernel_calls):
         ManualBatchNorm(fused=True)(x, training=True, mask=mask)
 
 
+@pytest.mark.skipif(not HAS_KERNEL, reason="no kernel on this backend")
+def test_fused_none_trains_small_inputs_on_the_closed_form_on_a_tensorflow_cpu(kernel_calls):
+    # TensorFlow's kernel costs a fixed time a call on a CPU (docs/benchmarks.md):
+    # below CPU_MIN_SAMPLE_VALUES values per sample fused=None trains without it there.
+    # Inference, fused=True, PyTorch and a GPU keep the kernel.
+    small = np.random.default_rng(5).normal(size=(4, 5, 5, 3)).astype("float32")  # 75 a sample
+    large = np.random.default_rng(6).normal(size=(2, 32, 32, 3)).astype("float32")  # 3,072
+    assert 75 < _native.CPU_MIN_SAMPLE_VALUES <= 3072
+    on_cpu = BACKEND == "tensorflow" and not _native._tensorflow_sees_a_gpu()
+
+    def kernel_ran(fused, x, training):
+        before = len(kernel_calls)
+        ManualBatchNorm(fused=fused)(x, training=training)
+        return len(kernel_calls) > before
+
+    assert kernel_ran(None, small, True) is not on_cpu
+    assert kernel_ran(None, small, False)
+    assert kernel_ran(True, small, True)
+    assert kernel_ran(None, large, True)
+    if BACKEND == "tensorflow":  # a traced step with its batch size unknown counts per sample too
+        import tensorflow as tf
+
+        layer = ManualBatchNorm()
+        step = tf.function(lambda t: layer(t, training=True),
+                           input_signature=[tf.TensorSpec((None, 5, 5, 3), tf.float32)])
+        before = len(kernel_calls)
+        step(tf.constant(small))
+        assert (len(kernel_calls) > before) is not on_cpu
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's kernel and XLA")
 def test_tensorflow_refusals_float64_small_epsilon_and_xla_training():
     import tensorflow as tf
@@ -387,7 +417,7 @@ def test_ghost_batches_agree_on_both_paths_and_with_numpy(layout, kernel_calls):
     ]
     names = ["output", "moving_mean", "moving_variance", "dx", "dgamma", "dbeta"]
     results = []
-    for fused in (None, False):
+    for fused in (_kernel_flag("float32"), False):
         layer = _layer(fused, shape, axis, None, gamma, beta, virtual_batch_size=v)
         y = to_numpy(layer(x, training=True))
         statistics = [to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)]

@@ -22,8 +22,16 @@ import numpy as np
 import pytest
 
 import keras
-from helpers import to_numpy
+from helpers import kernel_at_any_size, to_numpy
 from keras_bn import ManualBatchNorm
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_at_any_size():
+    """`fused=None` takes TensorFlow's kernel on these small inputs too (`helpers.kernel_at_any_size`)."""
+    with kernel_at_any_size():
+        yield
+
 
 # Every option is tested with this momentum (unless it sets its own), so that each
 # batch visibly moves the statistics.
