@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 BATCH = 32
 
-NATIVE = "ManualBatchNorm, fused=None (kernel)"
+NATIVE = "ManualBatchNorm, fused=None (default)"
 
 CLOSED_FORM = "ManualBatchNorm, fused=False, closed-form"
 

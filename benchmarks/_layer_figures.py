@@ -228,3 +228,34 @@ def bench_ghost(repeats, block=10):
         print(f"ghost       {name:38s}: {describe(samples, 'ms')}")
     ratio = statistics.median(times[NATIVE]) / statistics.median(times[CLOSED_FORM])
     print(f"ghost       ratio fused=None / fused=False : {ratio:.3f}")
+
+
+def bench_shapes(repeats, block=5):
+    """Times each of the network's 20 batch norms alone on the kernel (`fused=True`) and the closed form.
+
+    Per shape, forward and backward of 20 layers of that shape in one compiled call, alternately: where the kernel's fixed cost per
+    call outweighs its single pass (`_native.CPU_MIN_SAMPLE_VALUES` on TensorFlow),
+    and which path `fused=None` takes there.
+    """
+    import keras
+
+    from keras_bn import ManualBatchNorm, _native
+
+    if keras.backend.backend() not in _native.NATIVE_BACKENDS:
+        print("shapes      no kernel on this backend")
+        return
+    shapes, conv_axis = _bn_shapes()
+    copies = 20  # layers of one shape per compiled call, so that the call's own cost is shared
+    for shape in shapes:
+        axis = conv_axis if len(shape) == 4 else -1
+        runners = {fused: _layers_fwd_bwd(lambda r, f=fused: ManualBatchNorm(axis=axis, fused=f),
+                                          [shape] * copies, True)
+                   for fused in (True, False)}
+        times = alternate(runners, repeats, block)
+        kernel, closed = (statistics.median(times[f]) * 1000 / copies for f in (True, False))
+        probe = ManualBatchNorm(axis=axis)
+        probe.build(shape)
+        takes = "kernel" if _native.kernel_applies(
+            probe, keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "closed form"
+        print(f"shapes      {str(shape):18s} kernel {kernel:7.1f} µs, closed form {closed:7.1f} µs, "
+              f"ratio {kernel / closed:.2f}; fused=None takes the {takes}")

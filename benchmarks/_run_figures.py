@@ -55,7 +55,7 @@ def bench_predict(repeats):
     for name, bn in (
         ("no BN", None),
         ("Keras BatchNormalization", "keras"),
-        ("ManualBatchNorm, fused=None (kernel)", "manual"),
+        ("ManualBatchNorm, fused=None (default)", "manual"),
         ("ManualBatchNorm, fused=False", lambda name, axis=-1: ManualBatchNorm(name=name, axis=axis, fused=False)),
     ):
         keras.utils.set_random_seed(0)
@@ -80,7 +80,7 @@ def bench_eval(repeats):
     data = _mnist()
     data_format = deep_mnist_model(bn="manual").get_layer("conv1").data_format
     loggers = {}
-    for name, fused in (("fused=None (kernel)", None), ("fused=False", False)):
+    for name, fused in (("fused=None (default)", None), ("fused=False", False)):
         keras.utils.set_random_seed(0)
         bn = lambda name, axis=-1, fused=fused: ManualBatchNorm(name=name, axis=axis, fused=fused)  # noqa: E731
         model = compile_like_notebook(deep_mnist_model(bn=bn, data_format=data_format))
@@ -104,7 +104,7 @@ def bench_eval(repeats):
     for name, rates in samples.items():
         print(f"eval        5,000 validation images, {name:20s}: {describe(rates, 'images/s')}")
     if theirs:
-        ratio = statistics.median(samples["fused=None (kernel)"]) / statistics.median(theirs)
+        ratio = statistics.median(samples["fused=None (default)"]) / statistics.median(theirs)
         print(f"eval        ratio fused=None / notebook (images/s): {ratio:.2f}")
     else:
         print(f"eval        notebook's TF1 code did not run (tf_keras installed?): {done.stderr[-300:]}")

@@ -23,6 +23,9 @@ Figures:
   network's 20 shapes at batch 32, the same four layers, compiled as a training step is (a `tf.function`, a
   jitted JAX function, eager PyTorch), against the backend's own kernel
   (`FusedBatchNormV3`, `torch.nn.functional.batch_norm`; Keras's layer on JAX).
+- shapes: each of the 20 shapes alone, `fused=True` (the kernel) against the closed form,
+  and which of the two `fused=None` takes (on TensorFlow without a GPU it trains small
+  inputs on the closed form). Not in the default list.
 - ghost: the bn figure with `virtual_batch_size=8` (4 ghost batches of the 32),
   `fused=None` (the kernel on TensorFlow and PyTorch; JAX has none) against `fused=False`.
 - predict: images per second of `model.predict` on 5,000 images, batches of 1,000.
@@ -37,7 +40,7 @@ Figures:
 train, bn and predict use random images (timings do not depend on the values); the
 others need MNIST in KERAS_BN_MNIST_DIR. This is a script, not a test: timings on a
 shared machine are noisy, so it reports medians and spreads and asserts nothing. The
-figures live in `_layer_figures.py` (bn, ghost) and `_run_figures.py` (experiment,
+figures live in `_layer_figures.py` (bn, shapes, ghost) and `_run_figures.py` (experiment,
 predict, eval, fold), what they share in `_common.py`; train and mobilenet are here.
 
 Device: the frameworks use a visible GPU by themselves. `--device gpu` says which one
@@ -67,10 +70,10 @@ from _common import (
     limit_threads,
     torch_device,
 )
-from _layer_figures import bench_bn, bench_ghost
+from _layer_figures import bench_bn, bench_ghost, bench_shapes
 from _run_figures import bench_eval, bench_experiment, bench_fold, bench_predict
 
-FIGURES = ("experiment", "train", "mobilenet", "bn", "ghost", "predict", "eval", "fold")
+FIGURES = ("experiment", "train", "mobilenet", "bn", "shapes", "ghost", "predict", "eval", "fold")
 
 DEFAULT_FIGURES = ("train", "bn", "predict")
 
@@ -271,6 +274,8 @@ def main():
         bench_mobilenet(args.repeats)
     if "bn" in chosen:
         bench_bn(args.repeats)
+    if "shapes" in chosen:
+        bench_shapes(args.repeats)
     if "ghost" in chosen:
         bench_ghost(args.repeats)
     if "predict" in chosen:
