@@ -143,7 +143,10 @@ def _random_batches(count, seed=0):
 
 
 def _hand_written(enabled):
-    """The context in which `ManualBatchNorm` uses the closed-form backward (`enabled`) or autodiff."""
+    """The context in which `ManualBatchNorm` uses the closed-form backward (`enabled`), autodiff
+    (`False`), or the backend's default (`None`)."""
+    import contextlib
+
     from keras_bn import _gradient
 
-    return _gradient.use_hand_written(enabled)
+    return contextlib.nullcontext() if enabled is None else _gradient.use_hand_written(enabled)

@@ -192,7 +192,7 @@ def bench_bn(repeats, block=10):
     runners = {
         "Keras BatchNormalization": _layers_fwd_bwd(
             lambda r: keras.layers.BatchNormalization(axis=axis_for(r)), shapes, True),
-        NATIVE: _layers_fwd_bwd(lambda r: ManualBatchNorm(axis=axis_for(r)), shapes, True),
+        NATIVE: _layers_fwd_bwd(lambda r: ManualBatchNorm(axis=axis_for(r)), shapes, None),
         CLOSED_FORM: _layers_fwd_bwd(
             lambda r: ManualBatchNorm(axis=axis_for(r), fused=False), shapes, True),
         AUTODIFF: _layers_fwd_bwd(
@@ -231,11 +231,12 @@ def bench_ghost(repeats, block=10):
 
 
 def bench_shapes(repeats, block=5):
-    """Times each of the network's 20 batch norms alone on the kernel (`fused=True`) and the closed form.
+    """Times each of the network's 20 batch norms alone on the kernel and on the hand-written path.
 
-    Per shape, forward and backward of 20 layers of that shape in one compiled call, alternately: where the kernel's fixed cost per
-    call outweighs its single pass (`_native.CPU_MIN_SAMPLE_VALUES` on TensorFlow),
-    and which path `fused=None` takes there.
+    Per shape, forward and backward of 20 layers of that shape in one compiled call,
+    alternately: `fused=True`, and `fused=False` with the backend's default backward
+    and with the closed form. Where the kernel's fixed cost per call outweighs its single
+    pass (`_native.CPU_MIN_SAMPLE_VALUES` on TensorFlow), and which path `fused=None` takes.
     """
     import keras
 
@@ -246,16 +247,17 @@ def bench_shapes(repeats, block=5):
         return
     shapes, conv_axis = _bn_shapes()
     copies = 20  # layers of one shape per compiled call, so that the call's own cost is shared
+    paths = {"kernel": (True, True), "hand-written, default backward": (False, None), "closed form": (False, True)}
     for shape in shapes:
         axis = conv_axis if len(shape) == 4 else -1
-        runners = {fused: _layers_fwd_bwd(lambda r, f=fused: ManualBatchNorm(axis=axis, fused=f),
-                                          [shape] * copies, True)
-                   for fused in (True, False)}
+        runners = {name: _layers_fwd_bwd(lambda r, f=fused: ManualBatchNorm(axis=axis, fused=f),
+                                         [shape] * copies, hand)
+                   for name, (fused, hand) in paths.items()}
         times = alternate(runners, repeats, block)
-        kernel, closed = (statistics.median(times[f]) * 1000 / copies for f in (True, False))
+        micros = {name: statistics.median(samples) * 1000 / copies for name, samples in times.items()}
         probe = ManualBatchNorm(axis=axis)
         probe.build(shape)
         takes = "kernel" if _native.kernel_applies(
-            probe, keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "closed form"
-        print(f"shapes      {str(shape):18s} kernel {kernel:7.1f} µs, closed form {closed:7.1f} µs, "
-              f"ratio {kernel / closed:.2f}; fused=None takes the {takes}")
+            probe, keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "hand-written path"
+        print(f"shapes      {str(shape):18s} " + ", ".join(f"{name} {t:6.1f} µs" for name, t in micros.items())
+              + f"; fused=None takes the {takes}")

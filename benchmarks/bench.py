@@ -10,22 +10,24 @@ Usage, from the repository root, once per backend:
 Figures:
 
 - train: one training step (`train_on_batch`, batch 32) of `deep_mnist_model` without
-  batch norm, with Keras's layer, and with `ManualBatchNorm` on the framework's kernel
-  (`fused=None`, the default) and hand-written (`fused=False`, closed-form backward and
-  autodiff), in blocks run alternately; on the PyTorch backend also the same network in
+  batch norm, with Keras's layer, and with `ManualBatchNorm` as users get it
+  (`fused=None` and the backend's default backward) and hand-written (`fused=False`,
+  closed-form backward and autodiff), in blocks run alternately; on the PyTorch backend also the same network in
   plain PyTorch (`benchmarks/plain_torch.py`) without and with `nn.BatchNorm2d`. The
   "BN overhead" is a step with batch norm minus a step without.
 - mobilenet: one training step (`train_on_batch`, batch 16) of
   `keras.applications.MobileNetV2` at 96x96, 10 classes, random weights, with Keras's
   batch norm and converted to `ManualBatchNorm` (`fused=None`, `fused=False`) by
-  `convert_batch_norm`, alternately; channels-first on PyTorch. Not in the default list.
+  `convert_batch_norm`, alternately, each with the backend's default backward;
+  channels-first on PyTorch. Not in the default list.
 - bn: forward and backward (input, gamma and beta gradients) of batch norm alone on the
   network's 20 shapes at batch 32, the same four layers, compiled as a training step is (a `tf.function`, a
   jitted JAX function, eager PyTorch), against the backend's own kernel
   (`FusedBatchNormV3`, `torch.nn.functional.batch_norm`; Keras's layer on JAX).
-- shapes: each of the 20 shapes alone, `fused=True` (the kernel) against the closed form,
-  and which of the two `fused=None` takes (on TensorFlow without a GPU it trains small
-  inputs on the closed form). Not in the default list.
+- shapes: each of the 20 shapes alone, `fused=True` (the kernel) against `fused=False`
+  with the backend's default backward and with the closed form, and which path
+  `fused=None` takes (on TensorFlow without a GPU it trains small inputs on the
+  hand-written path). Not in the default list.
 - ghost: the bn figure with `virtual_batch_size=8` (4 ghost batches of the 32),
   `fused=None` (the kernel on TensorFlow and PyTorch; JAX has none) against `fused=False`.
 - predict: images per second of `model.predict` on 5,000 images, batches of 1,000.
@@ -147,7 +149,7 @@ TRAIN_VARIANTS = {
     "no BN": (None, True),
     "keras.layers.Identity in place of BN": ("identity", True),
     "Keras BatchNormalization": ("keras", True),
-    NATIVE: ("manual", True),
+    NATIVE: ("manual", None),  # as users get it: the backend's default backward
     CLOSED_FORM: ("manual-hand-written", True),
     AUTODIFF: ("manual-hand-written", False),
 }
@@ -209,7 +211,7 @@ def bench_mobilenet(repeats, block=5):
             NATIVE: convert_batch_norm(keras_model, to="manual"),
             "ManualBatchNorm, fused=False": convert_batch_norm(keras_model, to="manual", fused=False),
         }
-        runners = {name: _warm_step(compile_like_notebook(model), True, batches) for name, model in models.items()}
+        runners = {name: _warm_step(compile_like_notebook(model), None, batches) for name, model in models.items()}
     finally:
         keras.config.set_image_data_format(before)
     times = alternate(runners, repeats, block)
