@@ -29,7 +29,7 @@ from keras import ops
 
 #: Per backend, whether `ManualBatchNorm` uses the closed-form backward by default.
 #: Measured side by side on the notebook's network (benchmarks/bench.py).
-DEFAULT = {"tensorflow": False, "jax": False, "torch": True}
+DEFAULT = {"tensorflow": True, "jax": False, "torch": True}
 
 _override = []
 

@@ -15,8 +15,8 @@ applies the unbiased variance when `unbiased_variance=True`.
   lacks, nor for `epsilon < 1.001e-5`, which cuDNN refuses. Not in training
   under XLA (`jit_compile=True`): XLA expands the kernel with the one-pass
   variance `E[x^2] - E[x]^2`, which loses every digit when |mean| >> std.
-  Without a GPU, `fused=None` trains small inputs on the closed form, which
-  is the faster there (`CPU_MIN_SAMPLE_VALUES`).
+  Without a GPU, `fused=None` trains small inputs on the hand-written path,
+  which is the faster there (`CPU_MIN_SAMPLE_VALUES`).
 - PyTorch: `torch.nn.functional.batch_norm` (cuDNN on CUDA tensors), training
   and inference, any single channel axis: channel axis 1 as it is, a last
   channel axis of a 4-D or 5-D input as a channels-last view, else a reshape
@@ -45,9 +45,9 @@ NATIVE_BACKENDS = ("tensorflow", "torch")
 
 #: On a CPU, TensorFlow's kernel costs a fixed 25 to 100 µs a training call (forward
 #: and backward; one or two threads, oneDNN on), whatever the size, where the
-#: closed-form path costs 20 µs on a tiny input and grows with it: at batch 32 the
+#: hand-written path costs 20 to 30 µs on a tiny input and grows with it: at batch 32 the
 #: kernel lost below 2,400 values per sample and won from 3,100 (docs/benchmarks.md).
-#: With `fused=None`, smaller inputs train on the closed form there.
+#: With `fused=None`, smaller inputs train on the hand-written path there.
 CPU_MIN_SAMPLE_VALUES = 3000
 
 

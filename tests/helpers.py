@@ -12,7 +12,7 @@ def kernel_at_any_size():
     """Within the block `fused=None` trains on TensorFlow's kernel whatever the input's size.
 
     Without a GPU it trains inputs of fewer than `_native.CPU_MIN_SAMPLE_VALUES`
-    values per sample on the closed form, and the tests' inputs are that small:
+    values per sample on the hand-written path, and the tests' inputs are that small:
     the option matrix and the property tests are to run the kernel where it applies.
     """
     from keras_bn import _native

@@ -348,7 +348,7 @@ def test_a_mask_takes_the_hand_written_path_in_training_only(kernel_calls):
 
 
 @pytest.mark.skipif(not HAS_KERNEL, reason="no kernel on this backend")
-def test_fused_none_trains_small_inputs_on_the_closed_form_on_a_tensorflow_cpu(kernel_calls):
+def test_fused_none_trains_small_inputs_by_hand_on_a_tensorflow_cpu(kernel_calls):
     # TensorFlow's kernel costs a fixed time a call on a CPU (docs/benchmarks.md):
     # below CPU_MIN_SAMPLE_VALUES values per sample fused=None trains without it there.
     # Inference, fused=True, PyTorch and a GPU keep the kernel.
