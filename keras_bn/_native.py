@@ -43,11 +43,12 @@ MIN_EPSILON = 1.001e-5
 
 NATIVE_BACKENDS = ("tensorflow", "torch")
 
-#: On a CPU, TensorFlow's kernel costs a fixed 25 to 100 µs a training call (forward
-#: and backward; one or two threads, oneDNN on), whatever the size, where the
-#: hand-written path costs 20 to 30 µs on a tiny input and grows with it: at batch 32 the
-#: kernel lost below 2,400 values per sample and won from 3,100 (docs/benchmarks.md).
-#: With `fused=None`, smaller inputs train on the hand-written path there.
+#: On a CPU, TensorFlow's kernel costs a fixed 40 to 140 µs a training call (forward
+#: and backward; one or two threads, oneDNN on) however small the input, where the
+#: hand-written path costs 35 to 45 µs on a tiny input and grows with it: at batch 32,
+#: two threads, the kernel lost at 2,352 values per sample and below and won from 3,136
+#: (`bench.py --only shapes`, docs/benchmarks.md). With `fused=None`, smaller inputs
+#: train on the hand-written path there.
 CPU_MIN_SAMPLE_VALUES = 3000
 
 
