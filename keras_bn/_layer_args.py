@@ -3,7 +3,10 @@
 They live apart from the layer so that its constructor reads as a list of
 conversions. Each returns the converted value or raises a `TypeError` or
 `ValueError` naming the argument, the rule and what was received, as Keras's
-own layers do; `batch_norm.py` and nothing else calls them.
+own layers do. Where `keras.layers.BatchNormalization` raises for the same
+argument, the message also contains Keras's own words (users' code and tests
+match on them), with the same exception type. `batch_norm.py` and nothing
+else calls them.
 """
 
 __all__ = [
@@ -82,7 +85,8 @@ def check_renorm_clipping(renorm_clipping, *, renorm):
     unknown = sorted(set(renorm_clipping) - {"rmax", "rmin", "dmax"})
     if unknown:
         raise ValueError(
-            "`renorm_clipping` accepts only the keys 'rmax', 'rmin' and 'dmax'. "
+            "Received invalid keys for `renorm_clipping` argument: `renorm_clipping` "
+            "accepts only the keys 'rmax', 'rmin' and 'dmax'. "
             f"Received: renorm_clipping={renorm_clipping!r} (unknown: {unknown})"
         )
     clipping = {
@@ -97,11 +101,13 @@ def check_renorm_clipping(renorm_clipping, *, renorm):
         )
     if rmin is not None and rmax is not None and rmax < rmin:
         raise ValueError(
+            "rmax should be greater than rmin in the `renorm_clipping` argument: "
             "`renorm_clipping['rmax']` must be >= `renorm_clipping['rmin']`. "
             f"Received: renorm_clipping={renorm_clipping!r}"
         )
     if dmax is not None and dmax < 0:
         raise ValueError(
+            "dmax should be non-negative in the `renorm_clipping` argument: "
             "`renorm_clipping['dmax']` must be >= 0: d is clipped to [-dmax, dmax]. "
             f"Received: renorm_clipping={renorm_clipping!r}"
         )

@@ -1,9 +1,11 @@
 """Where `ManualBatchNorm`'s statistics are taken: channel axes, masks and ghost batches.
 
 These functions map the input's layout onto the reduction the statistics
-need, and refuse what does not fit with the layer's own messages: the `axis`
-argument resolved against the input's rank, a mask turned into 0/1 weights
-that broadcast against the input, and the batch reshaped into ghost batches of
+need, and refuse what does not fit with the layer's own messages (which
+contain Keras's words where Keras's layer raises too): the `axis` argument
+resolved against the input's rank, a mask read as Keras reads it (or at
+`axis`, where Keras's reading cannot apply) and turned into 0/1 weights that
+broadcast against the input, and the batch reshaped into ghost batches of
 `virtual_batch_size` samples (checked when the graph runs if the batch size is
 known only then). Each takes the layer whose options it reads.
 """
@@ -11,16 +13,19 @@ known only then). Each takes the layer whose options it reads.
 import keras
 from keras import ops
 
-__all__ = ["channel_axes", "ghost_batches", "mask_weights"]
+__all__ = ["channel_axes", "ghost_batches", "mask_readings", "mask_weights"]
 
 
-def channel_axes(layer, rank):
-    """Returns the channel axes as sorted non-negative ints, validated against `rank`."""
+def channel_axes(layer, input_shape):
+    """Returns the channel axes as sorted non-negative ints, validated against `input_shape`."""
+    rank = len(input_shape)
     axes = layer.axis if isinstance(layer.axis, tuple) else (layer.axis,)
     resolved = []
     for a in axes:
         if not -rank <= a < rank:
+            # Keras's words first (its compute_output_shape raises them), then ours.
             raise ValueError(
+                f"Axis {a} is out of bounds for input shape {tuple(input_shape)}: "
                 f"`axis` must be in [-{rank}, {rank}) for an input of rank "
                 f"{rank}. Received: axis={layer.axis!r}"
             )
@@ -38,26 +43,91 @@ def channel_axes(layer, rank):
     return tuple(sorted(resolved))
 
 
-def mask_weights(layer, mask, inputs):
-    """Returns the mask as 0/1 weights broadcastable to `inputs`, checking its shape."""
-    rank = len(inputs.shape)
+def _with_unit_axis(shape, at):
+    """Returns `shape` with a size-1 axis inserted at `at` (`None`: `shape` as it is)."""
+    return shape if at is None else shape[:at] + (1,) + shape[at:]
+
+
+def _broadcasts(shape, target):
+    """Returns whether `shape` broadcasts to `target` as far as the static sizes tell (unknown fits)."""
+    return all(m is None or x is None or m in (1, x) for m, x in zip(shape, target))
+
+
+def mask_readings(layer, mask_shape, input_shape):
+    """Returns where a mask of `mask_shape` may get its size-1 axis, in order of preference.
+
+    The rule (docs/guide/masking.md): a mask of the input's rank broadcasts
+    as it is (`None`). A mask one dimension short is read as Keras's
+    `BatchNormalization` reads it, a size-1 axis added last whatever `axis`
+    is, wherever that broadcasts against the input; only where it does not,
+    and `axis` is one axis, does the size-1 axis go at `axis` instead. Each
+    reading is kept if the static sizes allow it (an unknown size fits):
+    where both are kept the first wins, unless a size that tells them apart
+    is unknown (`mask_weights` then decides when the graph runs). Raises a
+    `ValueError` where no reading fits.
+    """
+    mask_shape, input_shape = tuple(mask_shape), tuple(input_shape)
+    rank = len(input_shape)
+    channels = layer._channel_axes_resolved
     received = (
-        f"Received: mask.shape={tuple(mask.shape)} for inputs.shape="
-        f"{tuple(inputs.shape)} and axis={layer.axis!r}"
+        f"Received: mask.shape={mask_shape} for inputs.shape={input_shape} "
+        f"and axis={layer.axis!r}"
     )
-    if len(mask.shape) == rank - 1 and len(layer._channel_axes_resolved) == 1:
-        # A mask over every axis but the channel one: put the channel axis
-        # back where it belongs (not always last, unlike Keras's layer).
-        mask = ops.expand_dims(mask, axis=layer._channel_axes_resolved[0])
-    elif len(mask.shape) != rank:
+    if len(mask_shape) == rank:
+        candidates = [None]
+    elif len(mask_shape) == rank - 1:
+        candidates = [rank - 1]
+        if len(channels) == 1 and channels[0] != rank - 1:
+            candidates.append(channels[0])
+    else:
+        # Keras's words first (its layer raises them), then ours.
         raise ValueError(
-            "`mask` must have the input's shape without `axis`, or the "
-            f"input's rank with size 1 along `axis`. {received}"
+            "The mask provided should be one dimension less than the inputs "
+            "(Keras's convention: a size-1 axis is added last), or have the "
+            f"inputs' rank with size 1 along the axes it does not cover. {received}"
         )
-    for m, x in zip(mask.shape, inputs.shape):
-        if m is not None and x is not None and m not in (1, x):
-            raise ValueError(f"`mask` does not broadcast against the input. {received}")
+    readings = [at for at in candidates if _broadcasts(_with_unit_axis(mask_shape, at), input_shape)]
+    if not readings:
+        ways = {None: "as it is", rank - 1: "with a size-1 axis added last (Keras's convention)"}
+        tried = " nor ".join(ways.get(at, f"at `axis` ({at})") for at in candidates)
+        raise ValueError(
+            f"`mask` does not broadcast against the input {tried}; a mask of the input's "
+            f"rank, with size 1 along the axes it does not cover, is read as it is. {received}"
+        )
+    return readings
+
+
+def mask_weights(layer, mask, inputs):
+    """Returns the mask as 0/1 weights broadcastable to `inputs`, read as `mask_readings` says."""
+    readings = mask_readings(layer, mask.shape, inputs.shape)
+    at = readings[-1]
+    if len(readings) > 1 and None in tuple(mask.shape)[at:] + tuple(inputs.shape)[at:-1]:
+        # Both readings fit the static sizes, and one that tells them apart
+        # is unknown: only a TensorFlow graph traced for any size (a `fit`
+        # retraced for sequences of varying length) gets here, and the sizes
+        # decide when it runs.
+        mask = _read_when_run(mask, inputs, at)
+    elif readings[0] is not None:
+        mask = ops.expand_dims(mask, axis=readings[0])
+    if keras.backend.standardize_dtype(mask.dtype) != "bool":
+        # As Keras: any non-zero entry of a numeric mask counts in full.
+        mask = ops.cast(mask, "bool")
     return ops.cast(mask, inputs.dtype)
+
+
+def _read_when_run(mask, inputs, at):
+    """Returns `mask` broadcast to `inputs`: read as Keras reads it where its sizes fit when run, else at `at`."""
+    if keras.backend.backend() != "tensorflow":  # pragma: no cover - sizes are known there
+        return ops.expand_dims(mask, axis=len(inputs.shape) - 1)
+    import tensorflow as tf
+
+    sizes, target = tf.shape(mask), tf.shape(inputs)
+    fits = tf.reduce_all((sizes == 1) | (sizes == target[:-1]))
+    return tf.cond(
+        fits,
+        lambda: tf.broadcast_to(tf.expand_dims(mask, -1), target),
+        lambda: tf.broadcast_to(tf.expand_dims(mask, at), target),
+    )
 
 
 def ghost_batches(layer, x):

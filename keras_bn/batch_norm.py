@@ -148,13 +148,16 @@ class ManualBatchNorm(keras.layers.Layer):
         training: Whether to normalize with the batch statistics and update
             the moving ones (`True`), or to normalize with the moving
             statistics (`False` or `None`, the default).
-        mask: Optional boolean mask; positions where it is `False` are left
-            out of the batch statistics (they are still normalized). Its
-            shape is the input's shape without `axis` (a Keras sequence mask
-            `(batch, time)` for `axis=-1`), or the input's full rank with
-            size 1 along `axis`. A channel whose positions are all masked
-            keeps its moving statistics unchanged and is normalized with
-            them.
+        mask: Optional boolean mask (a numeric one counts where it is not
+            0); positions where it is `False` are left out of the batch
+            statistics (they are still normalized). As in Keras, a mask with
+            one dimension fewer than the input gets a size-1 axis added last,
+            whatever `axis` is (a sequence mask `(batch, time)`, a `Masking`
+            layer's mask); only where that does not broadcast and `axis` is
+            one axis does it go at `axis` instead. A mask of the input's rank
+            broadcasts as it is. docs/guide/masking.md has the rule. A
+            channel whose positions are all masked keeps its moving
+            statistics unchanged and is normalized with them.
 
     Returns:
         A tensor of the input's shape in the layer's compute dtype.
@@ -165,7 +168,8 @@ class ManualBatchNorm(keras.layers.Layer):
             an `axis` outside the input's rank or repeated, an unknown
             (`None`) size along `axis`, a batch that is not a multiple of
             `virtual_batch_size`, a single value per channel with
-            `unbiased_variance`, a mask of the wrong shape, or `fused=True`
+            `unbiased_variance`, a mask that fits neither reading (in
+            inference too, as in Keras), or `fused=True`
             with options that rule the framework's kernel out. In a
             TensorFlow graph whose batch size is known only when it runs
             (a `fit` step, traced for any batch size), the batch-size checks raise
@@ -265,7 +269,7 @@ class ManualBatchNorm(keras.layers.Layer):
                 "ManualBatchNorm needs an input of rank at least 1. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        axes = _layout.channel_axes(self, rank)
+        axes = _layout.channel_axes(self, input_shape)
         for a in axes:
             if input_shape[a] is None:
                 raise ValueError(
@@ -334,6 +338,7 @@ class ManualBatchNorm(keras.layers.Layer):
             )
 
     def compute_output_shape(self, input_shape):
+        _layout.channel_axes(self, input_shape)  # as Keras: an axis out of bounds raises
         return input_shape
 
     # -- the forward pass -------------------------------------------------------
@@ -360,6 +365,8 @@ class ManualBatchNorm(keras.layers.Layer):
         # float64 stays float64 (keras.backend.result_type would demote it to
         # float32 on the JAX and PyTorch backends).
         training = bool(training and self.trainable)
+        if mask is not None and not training:
+            _layout.mask_readings(self, mask.shape, inputs.shape)  # refused, as Keras refuses it
         if keras.backend.backend() == "torch":
             from keras_bn import _torch_path
 

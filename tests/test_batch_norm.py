@@ -409,7 +409,7 @@ def test_rank_zero_input_is_refused():
 def test_wrong_mask_shape_is_refused():
     layer = ManualBatchNorm(axis=1)
     x = np.zeros((2, 3, 4), "float32")
-    with pytest.raises(ValueError, match=r"`mask` must have the input's shape without `axis`"):
+    with pytest.raises(ValueError, match=r"The mask provided should be one dimension less than the inputs"):
         layer(x, training=True, mask=np.ones((2,), bool))
     with pytest.raises(ValueError, match=r"does not broadcast.*mask.shape=\(2, 5\)"):
         layer(x, training=True, mask=np.ones((2, 5), bool))

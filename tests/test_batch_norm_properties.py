@@ -188,6 +188,21 @@ def _reference_masked_step(x, keep, axis, state, *, momentum, epsilon, unbiased)
     return _from_channels_first(out, axis, x.shape)
 
 
+def _documented_keep(mask, shape, axis):
+    """Returns which positions of an input of `shape` the mask keeps, by the rule of docs/guide/masking.md.
+
+    A mask one dimension short gets a size-1 axis added last, as Keras reads it,
+    wherever that broadcasts; otherwise at the channel `axis`. A full-rank mask
+    broadcasts as it is.
+    """
+    if mask.ndim == len(shape):
+        return np.broadcast_to(mask, shape)
+    try:
+        return np.broadcast_to(mask[..., None], shape)
+    except ValueError:
+        return np.broadcast_to(np.expand_dims(mask, axis % len(shape)), shape)
+
+
 @st.composite
 def masked_cases(draw, *, unbiased):
     """Draws a shape, an axis, a mask (sometimes all False) in either of the two mask shapes."""
@@ -216,12 +231,13 @@ def _check_masked_step(case, unbiased):
     mask = None
     keep = np.ones(shape, dtype=bool)
     if keep_fraction is not None:
-        # A mask over every axis but the channel one (a Keras sequence mask for
-        # axis=-1), or the input's rank with size 1 along the channel axis.
+        # A mask over every axis but the channel one, or the input's rank with
+        # size 1 along the channel axis. One dimension short, it may also fit
+        # Keras's reading (a size-1 axis last), which then wins.
         mask = rng.random(np.delete(shape, axis)) < keep_fraction
-        keep = np.broadcast_to(np.expand_dims(mask, axis % len(shape)), shape)
         if full_rank_mask:
             mask = np.expand_dims(mask, axis % len(shape))
+        keep = _documented_keep(mask, shape, axis)
     expected = _reference_masked_step(x, keep, axis, state, momentum=momentum, epsilon=1e-3, unbiased=unbiased)
     y = to_numpy(layer(x, training=True, mask=mask))
     np.testing.assert_allclose(y, expected, rtol=OPTION_TOL, atol=OPTION_TOL * (1 + np.abs(expected).max()))
@@ -273,7 +289,7 @@ def test_ghost_batches_agree_with_numpy(case):
     if keep_fraction is not None:
         mask = rng.random(np.delete(shape, axis)) < keep_fraction
         mask[np.repeat(dropped, virtual)] = False
-        keep = np.broadcast_to(np.expand_dims(mask, axis), shape)
+        keep = _documented_keep(mask, shape, axis)
 
     # Each group alone, from the same starting state; the moving statistics then
     # follow the mean of the statistics of the groups where a channel kept a value.
