@@ -252,7 +252,6 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     """
     _graph.check_model(model, "convert_batch_norm")
     target = _check_options(to, options)
-    _graph.refuse_hidden(model, lambda path, layer: target.converts(layer), "convert_batch_norm", custom_layers)
     converted, refused = set(), []
 
     def replace(path, layer):
@@ -268,7 +267,8 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     def weights_for(path, old, new):
         return _graph.weights_by_name(old) if path in converted else None
 
-    new_model = _graph.rebuild(model, replace, weights_for)
+    new_model = _graph.rebuild(model, replace, weights_for, reach=lambda path, layer: target.converts(layer),
+                               caller="convert_batch_norm", custom_layers=custom_layers)
     if refused:
         raise ValueError(
             f"convert_batch_norm(to={to!r}) cannot convert these layers, whose options the "

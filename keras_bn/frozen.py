@@ -138,19 +138,23 @@ def _swap(model, layers, caller, is_source, make, custom_layers="raise"):
     _graph.check_model(model, caller)
     select = _selector(layers, caller)
     candidates = {path: layer for path, layer in _graph.sublayers(model).items() if is_source(layer)}
-    chosen = {path for path, layer in candidates.items() if select(path, layer)}
-    chosen -= set(_graph.refuse_hidden(model, lambda path, layer: path in chosen, caller, custom_layers))
+    chosen = {id(layer) for path, layer in candidates.items() if select(path, layer)}
     if not chosen:
         raise ValueError(f"{caller}: `layers` selects none of the model's {len(candidates)} candidate "
                          f"layer(s) ({', '.join(candidates) or 'none'}). Received: layers={layers!r}")
+    swapped = set()
 
     def replace(path, layer):
-        return make(layer) if path in chosen else None
+        if id(layer) not in chosen:
+            return None
+        swapped.add(path)
+        return make(layer)
 
     def weights_for(path, old, new):
-        return _graph.weights_by_name(old) if path in chosen else None
+        return _graph.weights_by_name(old) if path in swapped else None
 
-    return _graph.rebuild(model, replace, weights_for)
+    return _graph.rebuild(model, replace, weights_for, reach=lambda path, layer: id(layer) in chosen,
+                          caller=caller, custom_layers=custom_layers)
 
 
 def _frozen_like(layer, trainable_affine):

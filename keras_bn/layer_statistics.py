@@ -195,10 +195,11 @@ class LayerStatistics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        by_path = _graph.layers_by_path(model)
+        by_path = _graph.layers_by_path(model, inner=True)  # the defaults: the graph's own layers
+        visible = _graph.layers_by_path(model)
         inputs = _resolve(
             by_path, self._inputs_of, "inputs_of",
-            {path: layer for path, layer in by_path.items() if _has_nonlinearity(layer)},
+            {path: layer for path, layer in visible.items() if _has_nonlinearity(layer)},
         )
         for path, layer in inputs.items():
             if not _has_nonlinearity(layer):
@@ -207,7 +208,7 @@ class LayerStatistics(keras.callbacks.Callback):
                     "layer, or a layer with a non-linear `activation`). "
                     f"Received: layer {path!r}"
                 )
-        with_kernel = {path: layer for path, layer in by_path.items()
+        with_kernel = {path: layer for path, layer in visible.items()
                        if getattr(layer, "kernel", None) is not None and layer.trainable}
         kernels = _resolve(by_path, self._kernels_of, "kernels_of", with_kernel)
         for path, layer in kernels.items():

@@ -152,20 +152,32 @@ def test_a_subclassed_model_is_refused_with_its_batch_norms_named():
         convert_batch_norm(model)
 
 
-def test_a_batch_norm_inside_a_custom_layer_is_refused_by_path():
+def test_a_batch_norm_inside_a_custom_layer_is_converted_or_refused_by_path():
     class Block(keras.layers.Layer):
-        def __init__(self, **kwargs):
+        def __init__(self, branch=False, **kwargs):
             super().__init__(**kwargs)
+            self.branch = branch
             self.dense = keras.layers.Dense(3)
             self.bns = [keras.layers.BatchNormalization(name="inner_bn")]
 
         def call(self, x, training=None):
-            return self.bns[0](self.dense(x), training=training)
+            x = self.dense(x)
+            if self.branch and training:
+                x = x * 2.0
+            return self.bns[0](x, training=training)
 
     inputs = keras.Input((4,))
-    model = keras.Model(inputs, Block(name="block")(keras.layers.BatchNormalization(name="outer")(inputs)))
-    with pytest.raises(ValueError, match=r"cannot replace these layers inside layers whose call\(\) it cannot see.*'block/inner_bn'"):
-        convert_batch_norm(model)
+    outer = keras.layers.BatchNormalization(name="outer")(inputs)
+    model = keras.Model(inputs, Block(name="block")(outer))
+    converted = convert_batch_norm(model)
+    assert type(converted.get_layer("block").get_layer("inner_bn")) is ManualBatchNorm
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    np.testing.assert_allclose(to_numpy(converted(x, training=True)), to_numpy(model(x, training=True)), rtol=1e-5, atol=1e-6)
+
+    branching = keras.Model(inputs, Block(branch=True, name="block")(outer))
+    with pytest.raises(ValueError, match=r"(?s)cannot reach these layers inside custom layers.*'block/inner_bn': inside "
+                                         r"'block' \(Block\): its call\(\) takes other steps in training"):
+        convert_batch_norm(branching)
 
 
 def test_renorm_and_mixed_precision_carry_over():

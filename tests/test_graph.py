@@ -122,10 +122,33 @@ def test_a_layer_that_cannot_be_rebuilt_is_named():
             super().__init__(name="no_config")
             self.scale = scale
 
+        def build(self, input_shape):
+            self.factor = self.add_weight(name="factor", shape=(), initializer="ones")
+
+        def call(self, x):
+            return x * self.scale * self.factor
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(NoConfig(2.0)(inputs)))
+    with pytest.raises(ValueError, match=r"Layer 'no_config' of type NoConfig cannot be rebuilt.*get_config"
+                                         r".*Nor from its call\(\).*state of its own \('no_config/factor'\)"):
+        fold_batch_norm(model)
+
+
+def test_a_layer_without_a_config_or_state_is_rebuilt_from_its_call():
+    class NoConfig(keras.layers.Layer):
+        def __init__(self, scale):
+            super().__init__(name="no_config")
+            self.scale = scale
+
         def call(self, x):
             return x * self.scale
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.BatchNormalization()(NoConfig(2.0)(inputs)))
-    with pytest.raises(ValueError, match=r"Layer 'no_config' of type NoConfig cannot be rebuilt.*get_config"):
-        fold_batch_norm(model)
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    converted = convert_batch_norm(model)
+    assert [type(layer).__name__ for layer in converted.layers] == ["InputLayer", "Functional", "ManualBatchNorm"]
+    np.testing.assert_allclose(to_numpy(converted(x, training=True)), to_numpy(model(x, training=True)), rtol=1e-5)
+
+

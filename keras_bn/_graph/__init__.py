@@ -12,8 +12,12 @@ with its tensors. On top of it this module:
   for the whole model;
 - records, with `trace`, who produces and who consumes every tensor, so that a
   tool can prove that a layer feeds only a batch norm;
-- finds the layers that a graph does not show: those tracked inside a layer or
-  a subclassed model whose `call` it cannot see (`sublayers`).
+- reaches the layers inside custom layers, whose `call()` is Python (keras-hub's
+  blocks): such a layer is rebuilt and traced through its stand-in, a Functional
+  model of its sub-layers made by calling its `call()` on symbolic tensors
+  (`inline`), where that is provably the same computation; `opaque` and
+  `unreached` name the others and why;
+- finds every layer tracked inside a layer or a subclassed model (`sublayers`).
 
 Nothing here imports `keras.src`.
 """
@@ -28,21 +32,13 @@ from keras_bn._graph.layers import (
     is_batch_norm,
     is_graph_model,
     layers_by_path,
-    refuse_hidden,
     set_weights_by_name,
     sublayers,
     weights_by_name,
 )
-from keras_bn._graph.rebuild import (
-    Call,
-    Graph,
-    Rebuilder,
-    clone_layer,
-    copy_opaque,
-    inputs_of,
-    rebuild,
-    trace,
-)
+from keras_bn._graph.reach import describe, unreached
+from keras_bn._graph.rebuild import Rebuilder, clone_layer, copy_opaque, rebuild
+from keras_bn._graph.trace import Call, Graph, inputs_of, trace
 
 __all__ = [
     "BATCH_NORMS",
@@ -53,6 +49,7 @@ __all__ = [
     "check_model",
     "clone_layer",
     "copy_opaque",
+    "describe",
     "graph_layers",
     "hidden",
     "inputs_of",
@@ -61,9 +58,9 @@ __all__ = [
     "is_graph_model",
     "layers_by_path",
     "rebuild",
-    "refuse_hidden",
     "set_weights_by_name",
     "sublayers",
     "trace",
+    "unreached",
     "weights_by_name",
 ]

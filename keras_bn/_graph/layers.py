@@ -1,5 +1,7 @@
 """Finding layers: the batch norms of a model at any depth, and those that no graph shows."""
 
+import contextlib
+
 import keras
 
 from keras_bn.batch_norm import ManualBatchNorm
@@ -105,35 +107,20 @@ def inside_hidden(model, is_target):
     return found
 
 
-def layers_by_path(model):
-    """Returns `{path: layer}`: every layer of a graph model at any depth, else the model's own `layers`."""
-    if is_graph_model(model):
-        return graph_layers(model)
-    return {layer.name: layer for layer in getattr(model, "layers", [])}
+def layers_by_path(model, inner=False):
+    """Returns `{path: layer}`: every layer of a graph model at any depth, else the model's own `layers`.
 
-
-def refuse_hidden(model, is_target, caller, custom_layers="raise"):
-    """Raises a `ValueError` naming the layers inside layers whose call() no graph shows that `is_target(path, layer)`.
-
-    With `custom_layers="keep"` it returns their paths instead.
+    With `inner=True` the layers inside custom layers (whose `call()` is
+    Python) are listed too, after the layers of the graph.
     """
-    if custom_layers not in ("raise", "keep"):
-        raise ValueError(f'`custom_layers` must be "raise" or "keep". Received: custom_layers={custom_layers!r}')
-    found = list(inside_hidden(model, is_target))
-    if not found or custom_layers == "keep":
-        return found
     if not is_graph_model(model):
-        where = f"the subclassed model {model.name!r} ({type(model).__name__}), whose call() it cannot see"
-    else:
-        where = "layers whose call() it cannot see (they are not Functional graphs)"
-    raise ValueError(
-        f"{caller} cannot replace these layers inside {where}: "
-        f"{', '.join(map(repr, found))}. Nothing was changed. Pass custom_layers=\"keep\" to "
-        "leave them as they are and replace the others; or build those layers (or the model) "
-        "with the layer you want in place, e.g. ManualBatchNorm, which takes the same arguments "
-        "as keras.layers.BatchNormalization, and copy the weights with "
-        "new_model.set_weights(model.get_weights())."
-    )
+        return {layer.name: layer for layer in getattr(model, "layers", [])}
+    found = graph_layers(model)
+    if inner:
+        for where, layer in hidden(model).items():
+            for path, sub in sublayers(layer, where + "/").items():
+                found.setdefault(path, sub)
+    return found
 
 
 def weights_by_name(layer):
@@ -150,3 +137,19 @@ def set_weights_by_name(layer, values):
         else:
             missing.append(w.name)
     return missing
+
+
+@contextlib.contextmanager
+def global_policy(layer):
+    """Makes `layer`'s dtype policy the global one for a while.
+
+    A custom layer (keras-hub's blocks) may create its sub-layers without
+    passing its `dtype` on, so they take the global policy: a copy made under
+    another global policy than the original's would compute in another dtype.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(layer.dtype_policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

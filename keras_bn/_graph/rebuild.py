@@ -1,67 +1,13 @@
-"""Rebuilding and tracing a model through `keras.models.clone_model`, nested models included."""
+"""Rebuilding a model through `keras.models.clone_model`: nested models, and custom layers made graphs, included."""
 
-import contextlib
-import dataclasses
 import functools
 import inspect
 
 import keras
 
-from keras_bn._graph.layers import is_graph_model, set_weights_by_name
-
-
-@dataclasses.dataclass
-class Call:
-    """One call of a layer or operation in a graph model, as `trace` saw it.
-
-    Attributes:
-        path: The operation's path, `"outer/inner"` inside a nested model.
-        operation: The original layer or operation.
-        inputs: Keys of the tensors it was called on.
-        outputs: Keys of the tensors it returned.
-        kwargs: Its keyword arguments that are not tensors (e.g. `training`).
-    """
-
-    path: str
-    operation: object
-    inputs: list
-    outputs: list
-    kwargs: dict
-
-
-@dataclasses.dataclass
-class Graph:
-    """Every call of a model's graph (nested models included) and who consumes each tensor.
-
-    Attributes:
-        calls: `{path: [Call, ...]}`, one `Call` per time the operation is called.
-        consumers: `{tensor key: [Call, ...]}`.
-        outputs: `{tensor key: path of the model that returns it}`, `""` for the
-            model traced, `"outer/inner"` for a nested one.
-        producers: `{tensor key: Call}`; a model input has none.
-        tensors: `{tensor key: KerasTensor}`.
-        model: The traced copy, which keeps the tensors whose ids are the keys alive.
-    """
-
-    calls: dict = dataclasses.field(default_factory=dict)
-    consumers: dict = dataclasses.field(default_factory=dict)
-    outputs: dict = dataclasses.field(default_factory=dict)
-    producers: dict = dataclasses.field(default_factory=dict)
-    tensors: dict = dataclasses.field(default_factory=dict)
-    model: object = None
-
-    def add(self, call):
-        """Records `call`."""
-        self.calls.setdefault(call.path, []).append(call)
-        for key in call.inputs:
-            self.consumers.setdefault(key, []).append(call)
-        for key in call.outputs:
-            self.producers[key] = call
-
-
-def _tensors(structure):
-    """Returns the KerasTensors inside a nested structure of call arguments."""
-    return [x for x in keras.tree.flatten(structure) if isinstance(x, keras.KerasTensor)]
+from keras_bn._graph import inline
+from keras_bn._graph.layers import global_policy, is_graph_model, set_weights_by_name, sublayers
+from keras_bn._graph.reach import check_custom_layers, refuse_subclassed, refuse_unreached, unreached
 
 
 def _clone_operation(operation):
@@ -70,22 +16,6 @@ def _clone_operation(operation):
         return type(operation).from_config(operation.get_config())
     except (NotImplementedError, TypeError, ValueError):
         return operation  # stateless: sharing it between graphs is harmless
-
-
-@contextlib.contextmanager
-def _global_policy(layer):
-    """Makes `layer`'s dtype policy the global one for a while.
-
-    A custom layer (keras-hub's blocks) may create its sub-layers without
-    passing its `dtype` on, so they take the global policy: a copy made under
-    another global policy than the original's would compute in another dtype.
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(layer.dtype_policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def clone_layer(layer, path):
@@ -98,7 +28,7 @@ def clone_layer(layer, path):
             arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy,
         )
     try:
-        with _global_policy(layer):
+        with global_policy(layer):
             return type(layer).from_config(layer.get_config())
     except Exception as error:
         raise ValueError(
@@ -112,15 +42,25 @@ def clone_layer(layer, path):
 class Rebuilder:
     """Rebuilds a model through `clone_model`, layer by layer, recursing into nested models.
 
+    A custom layer (one whose `call()` is Python) that holds a layer to
+    `reach` is rebuilt through its stand-in (`inline.stand_in`), a nested
+    Functional model of the same name over its sub-layers, so that those are
+    replaced like any other; where no stand-in can be made, it is cloned whole
+    and `opaque` says why.
+
     Args:
         replace: `replace(path, layer)` returns the layer to use in place of
             the leaf `layer` (a new one, the same one to share it, or `None`
             for a clone configured like it).
+        reach: `reach(path, layer)` says whether a layer inside a custom layer
+            must be reached; `None` reaches none (custom layers are cloned whole).
     """
 
-    def __init__(self, replace):
+    def __init__(self, replace, reach=None):
         self.replace = replace
+        self.reach = reach
         self.pairs = []  # (path, old layer, new layer) for every leaf layer
+        self.opaque = {}  # {path of a custom layer cloned whole: why no stand-in}
         self._cache = {}
         self._paths = {}
 
@@ -128,8 +68,16 @@ class Rebuilder:
         """Returns the rebuilt `model`, nested models rebuilt as nested models."""
         clone = functools.partial(self._operation, prefix=prefix)
         if isinstance(model, keras.Sequential):  # it calls its layers itself
-            return keras.models.clone_model(model, clone_function=clone)
-        return keras.models.clone_model(model, clone_function=clone, call_function=_call)
+            if not any(self.to_inline(layer, prefix + layer.name) for layer in model.layers):
+                return keras.models.clone_model(model, clone_function=clone)
+            model = keras.Model(model.inputs, model.outputs, name=model.name)
+        return keras.models.clone_model(model, clone_function=clone, call_function=self._call)
+
+    def to_inline(self, layer, path):
+        """Returns whether `layer` is a custom layer that holds a layer to reach."""
+        if self.reach is None or is_graph_model(layer) or not isinstance(layer, keras.layers.Layer):
+            return False
+        return any(self.reach(p, inner) for p, inner in sublayers(layer, path + "/").items())
 
     def _operation(self, operation, prefix):
         """The `clone_function`: the new layer for `operation`, each original once."""
@@ -141,17 +89,65 @@ class Rebuilder:
         elif is_graph_model(operation):
             new = self._nested(operation, path)
         else:
-            new = self.replace(path, operation)
-            if new is None:
-                new = clone_layer(operation, path)
-            self.pairs.append((path, operation, new))
+            new = self._leaf(operation, path)
         self._cache[id(operation)] = new
         self._paths[id(new)] = (path, operation)
+        return new
+
+    def _leaf(self, layer, path):
+        """Returns the new layer for `layer`, or an `_Inline` that makes it at its first call.
+
+        A layer that cannot be rebuilt from its config (keras-hub's blocks make
+        some sub-layers that keras-hub never serializes) is rebuilt through its
+        stand-in too.
+        """
+        new = self.replace(path, layer)
+        if new is None and self.to_inline(layer, path):
+            return _Inline(layer, path)
+        if new is None:
+            try:
+                new = clone_layer(layer, path)
+            except ValueError as error:
+                return _Inline(layer, path, error)
+        self.pairs.append((path, layer, new))
         return new
 
     def _nested(self, model, path):
         """Returns what stands for the nested `model` in the rebuilt graph."""
         return self.model(model, path + "/")
+
+    def _call(self, operation, *args, **kwargs):
+        """The `call_function`: calls the new `operation`, or the rebuilt stand-in of a custom layer."""
+        if not isinstance(operation, _Inline):
+            return _call(operation, *args, **kwargs)
+        if operation.whole is None:
+            try:
+                name = operation.layer.name + (f"_{operation.calls}" if operation.calls else "")
+                model = inline.stand_in(operation.layer, args, kwargs, name)
+            except inline.NotInlined as why:
+                self._whole(operation, str(why))
+            else:
+                operation.calls += 1
+                training = {k: v for k, v in kwargs.items() if k == "training"}
+                return self.model(model, operation.path + "/")(args[0], **training)
+        return _call(operation.whole, *args, **kwargs)
+
+    def _whole(self, operation, why):
+        """Clones the custom layer of `operation` whole, as no stand-in can be made; raises if it cannot be cloned."""
+        if operation.error is not None:
+            raise ValueError(f"{operation.error} Nor from its call(): {why}.") from operation.error
+        self.opaque[operation.path] = why
+        operation.whole = clone_layer(operation.layer, operation.path)
+        self.pairs.append((operation.path, operation.layer, operation.whole))
+
+
+class _Inline:
+    """What `Rebuilder` gives `clone_model` for a custom layer to reach into: resolved at each call."""
+
+    def __init__(self, layer, path, error=None):
+        self.layer, self.path, self.error = layer, path, error  # error: why it cannot be cloned
+        self.calls = 0  # stand-ins made so far
+        self.whole = None  # the layer's clone, once no stand-in can be made
 
 
 def _call(operation, *args, **kwargs):
@@ -165,93 +161,8 @@ def _call(operation, *args, **kwargs):
     parameters = inspect.signature(operation.call).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in parameters or k not in ("mask", "training")}
-    with _global_policy(operation):  # sub-layers made in build() take the layer's policy
+    with global_policy(operation):  # sub-layers made in build() take the layer's policy
         return operation(*args, **kwargs)
-
-
-class _Tracer(Rebuilder):
-    """Rebuilds a model as one flat graph over its own layers, nested models inlined, recording every call."""
-
-    def __init__(self):
-        super().__init__(lambda path, layer: layer)
-        self.graph = Graph()
-
-    def model(self, model, prefix=""):
-        """Returns the flat copy of `model`; its outputs are recorded as the model's."""
-        if isinstance(model, keras.Sequential):
-            inputs = keras.Input(batch_shape=tuple(model.inputs[0].shape), dtype=model.inputs[0].dtype)
-            return keras.Model(inputs, self._inline(model, prefix, inputs, {}))
-        new = keras.models.clone_model(
-            model, clone_function=lambda op: self._operation(op, prefix), call_function=self._recorder(prefix, {})
-        )
-        self.graph.outputs.update((id(x), "") for x in keras.tree.flatten(new.outputs))
-        return new
-
-    def _nested(self, model, path):
-        """Keeps the nested model: the recorder calls its layers in place of it (see `_inline`)."""
-        return model
-
-
-    def _inline(self, model, prefix, inputs, inherited):
-        """Calls the layers of the nested `model` on `inputs`, recording each call; returns its outputs."""
-        record = self._recorder(prefix, inherited)
-        if isinstance(model, keras.Sequential):
-            outputs = inputs
-            for layer in model.layers:
-                outputs = record(self._operation(layer, prefix), outputs)
-        else:
-            outputs = self._replay(model, prefix, inputs, record)
-        for x in keras.tree.flatten(outputs):
-            self.graph.outputs.setdefault(id(x), prefix.rstrip("/"))
-        return outputs
-
-    def _replay(self, model, prefix, inputs, record):
-        """Calls the operations of the Functional `model`, in its order, on `inputs`; returns its outputs.
-
-        `clone_model(model, input_tensors=inputs)` would not do: a Functional
-        model made on tensors that are not `Input`s copies its graph, so its
-        outputs would not be connected to `inputs`.
-        """
-        calls = []
-
-        def collect(operation, *args, **kwargs):
-            outputs = operation(*args, **kwargs)
-            calls.append((operation, args, kwargs, outputs))
-            return outputs
-
-        copy = keras.models.clone_model(model, clone_function=lambda op: op, call_function=collect)
-        # A model whose input is `[x]` may be called on `x`.
-        known = dict(zip(map(id, keras.tree.flatten(copy.input)), keras.tree.flatten(inputs)))
-
-        def mapped(x):
-            return known.get(id(x), x) if isinstance(x, keras.KerasTensor) else x
-
-        for operation, args, kwargs, outputs in calls:
-            args, kwargs = keras.tree.map_structure(mapped, (args, kwargs))
-            results = record(self._operation(operation, prefix), *args, **kwargs)
-            known.update(zip(map(id, keras.tree.flatten(outputs)), keras.tree.flatten(results)))
-        return keras.tree.map_structure(mapped, copy.output)
-
-    def _recorder(self, prefix, inherited):
-        """Returns a `call_function` that calls each operation and records the call.
-
-        `inherited` holds the keyword arguments (e.g. `training`) of the call
-        of the nested model that these calls belong to.
-        """
-
-        def record(operation, *args, **kwargs):
-            path, original = self._paths.get(id(operation), (prefix + operation.name, operation))
-            plain = {**inherited, **{k: v for k, v in kwargs.items() if not _tensors(v)}}
-            if is_graph_model(operation):
-                inputs = args[0] if args else kwargs["inputs"]
-                return self._inline(operation, path + "/", inputs, plain)
-            outputs = operation(*args, **kwargs)
-            inputs, results = _tensors((args, kwargs)), _tensors(outputs)
-            self.graph.tensors.update((id(x), x) for x in inputs + results)
-            self.graph.add(Call(path, original, [id(x) for x in inputs], [id(x) for x in results], plain))
-            return outputs
-
-        return record
 
 
 def copy_opaque(model, caller):
@@ -269,40 +180,22 @@ def copy_opaque(model, caller):
         ) from error
     return new
 
-
-def trace(model):
-    """Returns the `Graph` of `model`, recorded on a copy that shares the model's layers.
-
-    Sharing creates no weights; the shared layers gain call records that the
-    original model does not use.
-    """
-    tracer = _Tracer()
-    tracer.graph.model = tracer.model(model)
-    return tracer.graph
-
-
-def inputs_of(model, paths):
-    """Returns a model from `model`'s inputs to the input of the first call of each layer in `paths`.
-
-    It shares `model`'s layers (the same weights); layers of nested models are
-    reached by their paths, `"backbone/conv1"`.
-    """
-    graph = trace(model)
-    missing = [path for path in paths if path not in graph.calls]
-    if missing:
-        raise ValueError(f"These layers are never called in the model's graph: {missing}")
-    return keras.Model(graph.model.input, [graph.tensors[graph.calls[path][0].inputs[0]] for path in paths])
-
-
-def rebuild(model, replace, weights_for=None):
+def rebuild(model, replace, weights_for=None, *, reach=None, caller="rebuild", custom_layers="raise"):
     """Returns a new model with each leaf layer replaced by `replace(path, layer)` or cloned, weights copied.
 
     `weights_for(path, old, new)` returns `{weight name: array}` for a new
-    layer, or `None` to copy the old layer's weights as they are.
+    layer, or `None` to copy the old layer's weights as they are. The layers
+    with `reach(path, layer)` inside custom layers are reached through the
+    layers' stand-ins; those that cannot be are named in a `ValueError` from
+    `caller`, or, with `custom_layers="keep"`, left inside their layer's clone.
     """
-    rebuilder = Rebuilder(replace)
-    with _global_policy(model):
+    check_custom_layers(custom_layers)
+    refuse_subclassed(model, reach, caller, custom_layers)
+    rebuilder = Rebuilder(replace, reach)
+    with global_policy(model):
         new_model = rebuilder.model(model)
+    if custom_layers == "raise":
+        refuse_unreached(unreached(rebuilder.opaque, rebuilder.pairs, reach), caller)
     _copy_weights(rebuilder.pairs, weights_for)
     if _is_task(model):
         new_model = _as_task(model, new_model)
@@ -339,7 +232,7 @@ def _as_task(task, rebuilt):
     config["backbone"] = rebuilt.get_layer(task.backbone.name)
     config["preprocessor"] = task.preprocessor
     try:
-        with _global_policy(task):
+        with global_policy(task):
             new = type(task)(**config)
         for layer in new.layers:
             if layer is not config["backbone"] and layer.weights:
