@@ -136,20 +136,31 @@ def test_bad_arguments():
         convert_batch_norm(keras.layers.BatchNormalization())
 
 
-def test_a_subclassed_model_is_refused_with_its_batch_norms_named():
+def test_a_subclassed_model_becomes_a_graph_or_is_refused_with_its_batch_norms_named():
     class Custom(keras.Model):
-        def __init__(self):
+        def __init__(self, branch=False):
             super().__init__(name="custom")
-            self.dense = keras.layers.Dense(3)
-            self.norm = keras.layers.BatchNormalization(name="bn")
+            self.branch = branch
+            self.dense = [keras.layers.Dense(3)]
+            self.norm = {"bn": keras.layers.BatchNormalization(name="bn")}
 
         def call(self, x, training=None):
-            return self.norm(self.dense(x), training=training)
+            if self.branch and training:
+                x = x + 1.0
+            return self.norm["bn"](self.dense[0](x), training=training)
 
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     model = Custom()
-    model(np.zeros((2, 4), "float32"))
-    with pytest.raises(ValueError, match=r"inside the subclassed model 'custom' \(Custom\).*'bn'.*Nothing was changed"):
-        convert_batch_norm(model)
+    model(x)
+    converted = convert_batch_norm(model)
+    assert [type(layer).__name__ for layer in converted.layers] == ["InputLayer", "Dense", "ManualBatchNorm"]
+    np.testing.assert_allclose(to_numpy(converted(x, training=True)), to_numpy(model(x, training=True)),
+                               rtol=1e-5, atol=1e-6)
+    branching = Custom(branch=True)
+    branching(x)
+    with pytest.raises(ValueError, match=r"inside the subclassed model 'custom' \(Custom\), which keras-bn could not "
+                                         r"turn into a graph \(its call\(\) takes other steps.*'bn'.*Nothing was changed"):
+        convert_batch_norm(branching)
 
 
 def test_a_batch_norm_inside_a_custom_layer_is_converted_or_refused_by_path():

@@ -60,6 +60,35 @@ def stand_in(layer, args, kwargs, name):
     return models[None]
 
 
+def model_stand_in(model):
+    """Returns a Functional stand-in for the subclassed `model`, on inputs of the shape it was built for."""
+    config = model.get_build_config() or {}
+    shapes = config.get("input_shape")
+    if shapes is None:
+        raise NotInlined("it was never built on inputs of a known shape (call it on data first)")
+
+    def spec(shape):
+        return keras.KerasTensor((None, *tuple(shape)[1:]), dtype="float32")
+
+    def is_shape(value):
+        return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+    inputs = _map_shapes(spec, is_shape, shapes)
+    new = stand_in(model, (inputs,), {}, model.name)
+    if model.compiled:
+        new.compile_from_config(model.get_compile_config())
+    return new
+
+
+def _map_shapes(spec, is_shape, shapes):
+    """Returns `shapes` (a shape, or a list or dict of them) with each shape made a tensor by `spec`."""
+    if is_shape(shapes):
+        return spec(shapes)
+    if isinstance(shapes, dict):
+        return {key: _map_shapes(spec, is_shape, value) for key, value in shapes.items()}
+    return [_map_shapes(spec, is_shape, value) for value in shapes]
+
+
 def _check_same(layer, model, plain):
     """Raises `NotInlined` unless the stand-in `model` predicts what `layer` predicts, in inference mode.
 
@@ -101,8 +130,8 @@ def _first_line(error):
 
 def _check_state(layer):
     """Raises `NotInlined` if `layer` holds variables that none of its sub-layers holds."""
-    inner = {id(v) for sub in sublayers(layer).values() for v in sub.variables}
-    own = [v for v in layer.variables if id(v) not in inner]
+    inner = {id(v) for sub in sublayers(layer).values() for v in sub.weights}
+    own = [v for v in layer.weights if id(v) not in inner]
     if own:
         names = ", ".join(repr(v.path) for v in own[:3]) + (", ..." if len(own) > 3 else "")
         raise NotInlined(f"it has state of its own ({names}), outside its sub-layers")

@@ -47,7 +47,7 @@ def refuse_unreached(found, caller):
     )
 
 
-def refuse_subclassed(model, reach, caller, custom_layers):
+def refuse_subclassed(model, reach, caller, custom_layers, why="its call() cannot be seen"):
     """Raises a `ValueError` if `model` is a subclassed model (its own `call()`) that holds layers to reach.
 
     With `custom_layers="keep"` it returns their paths instead.
@@ -58,7 +58,7 @@ def refuse_subclassed(model, reach, caller, custom_layers):
     if found and custom_layers == "raise":
         raise ValueError(
             f"{caller} cannot replace these layers inside the subclassed model {model.name!r} "
-            f"({type(model).__name__}), whose call() it cannot see: {', '.join(map(repr, found))}. "
-            f"Nothing was changed. {_KEEP_HINT}"
+            f"({type(model).__name__}), which keras-bn could not turn into a graph ({why}): "
+            f"{', '.join(map(repr, found))}. Nothing was changed. {_KEEP_HINT}"
         )
     return found

@@ -165,6 +165,22 @@ def _call(operation, *args, **kwargs):
         return operation(*args, **kwargs)
 
 
+def subclassed_as_graph(model, reach, caller, custom_layers):
+    """Returns the Functional stand-in of the subclassed `model`, or `None` to copy it whole.
+
+    It raises a `ValueError` from `caller`, with `custom_layers="raise"`, when
+    `model` holds layers to `reach` and has no stand-in.
+    """
+    if reach is None or not refuse_subclassed(model, reach, caller, "keep"):
+        return None
+    try:
+        return inline.model_stand_in(model)
+    except inline.NotInlined as why:
+        if custom_layers == "keep":
+            return None
+        refuse_subclassed(model, reach, caller, "raise", str(why))
+
+
 def copy_opaque(model, caller):
     """Returns a built copy of a subclassed `model`, weights included, through its config."""
     try:
@@ -188,12 +204,16 @@ def rebuild(model, replace, weights_for=None, *, reach=None, caller="rebuild", c
     with `reach(path, layer)` inside custom layers are reached through the
     layers' stand-ins; those that cannot be are named in a `ValueError` from
     `caller`, or, with `custom_layers="keep"`, left inside their layer's clone.
+    A subclassed model is rebuilt through its own stand-in (a Functional
+    model), or copied whole.
     """
     check_custom_layers(custom_layers)
-    refuse_subclassed(model, reach, caller, custom_layers)
+    source = model if is_graph_model(model) else subclassed_as_graph(model, reach, caller, custom_layers)
+    if source is None:
+        return copy_opaque(model, caller)
     rebuilder = Rebuilder(replace, reach)
     with global_policy(model):
-        new_model = rebuilder.model(model)
+        new_model = rebuilder.model(source)
     if custom_layers == "raise":
         refuse_unreached(unreached(rebuilder.opaque, rebuilder.pairs, reach), caller)
     _copy_weights(rebuilder.pairs, weights_for)
