@@ -4,6 +4,7 @@ Runs on whichever backend KERAS_BACKEND selects; CI runs it once per backend.
 """
 
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -406,13 +407,58 @@ def test_rank_zero_input_is_refused():
         ManualBatchNorm().build(())
 
 
-def test_wrong_mask_shape_is_refused():
+@pytest.mark.parametrize("training", [True, False])
+def test_wrong_mask_shape_is_refused(training):
+    # In inference too, as Keras's layer refuses a mask of the wrong rank there.
     layer = ManualBatchNorm(axis=1)
     x = np.zeros((2, 3, 4), "float32")
-    with pytest.raises(ValueError, match=r"The mask provided should be one dimension less than the inputs"):
-        layer(x, training=True, mask=np.ones((2,), bool))
-    with pytest.raises(ValueError, match=r"does not broadcast.*mask.shape=\(2, 5\)"):
-        layer(x, training=True, mask=np.ones((2, 5), bool))
+    with pytest.raises(ValueError, match=r"one dimension less.*mask.shape=\(2,\) for inputs.shape=\(2, 3, 4\)"):
+        layer(x, training=training, mask=np.ones((2,), bool))
+    with pytest.raises(ValueError, match=r"does not broadcast.*added last.*nor at `axis` \(1\).*mask.shape=\(2, 5\)"):
+        layer(x, training=training, mask=np.ones((2, 5), bool))
+    with pytest.raises(ValueError, match=r"does not broadcast against the input as it is.*mask.shape=\(2, 3, 5\)"):
+        layer(x, training=training, mask=np.ones((2, 3, 5), bool))
+
+
+# Where Keras's layer raises for an argument, our message contains its words (users'
+# code and tests match on them) and then ours, which name the argument and the value.
+# Each case runs on Keras's layer too: the test fails if Keras changes its words.
+KERAS_WORDS = [
+    pytest.param({"renorm": True, "renorm_clipping": {"random_key": 1.0}},
+                 "Received invalid keys for `renorm_clipping` argument", id="clipping-keys"),
+    pytest.param({"renorm": True, "renorm_clipping": {"rmax": 0.0, "rmin": 1.0}},
+                 "rmax should be greater than rmin in the `renorm_clipping` argument", id="rmax"),
+    pytest.param({"renorm": True, "renorm_clipping": {"rmax": 1.0, "dmax": -1.0}},
+                 "dmax should be non-negative in the `renorm_clipping` argument", id="dmax"),
+]
+
+
+@pytest.mark.parametrize("kwargs,words", KERAS_WORDS)
+def test_configuration_errors_carry_keras_words(kwargs, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        keras.layers.BatchNormalization(**kwargs)
+    with pytest.raises(ValueError, match=re.escape(words) + r".*Received: renorm_clipping=\{"):
+        ManualBatchNorm(**kwargs)
+
+
+def test_axis_out_of_bounds_carries_keras_words():
+    words = re.escape("Axis 5 is out of bounds for input shape (2, 3)")
+    with pytest.raises(ValueError, match=words):
+        keras.layers.BatchNormalization(axis=5).compute_output_shape((2, 3))
+    ours = words + r".*must be in \[-2, 2\).*Received: axis=5"
+    with pytest.raises(ValueError, match=ours):
+        ManualBatchNorm(axis=5).compute_output_shape((2, 3))
+    with pytest.raises(ValueError, match=ours):
+        ManualBatchNorm(axis=5)(np.zeros((2, 3), "float32"))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mask_of_the_wrong_rank_carries_keras_words(training):
+    words = "The mask provided should be one dimension less than the inputs"
+    x, mask = np.zeros((5, 2, 3), "float32"), np.ones((5,), bool)
+    for layer in (keras.layers.BatchNormalization(), ManualBatchNorm()):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            layer(x, training=training, mask=mask)
 
 
 def test_input_with_other_channel_count_is_refused():
