@@ -1,4 +1,4 @@
-"""`fold_batch_norm`: merge inference-mode batch normalization into the layer before it."""
+"""`fold_batch_norm`: merge inference-mode batch normalization into the layer before it, or after it."""
 
 import dataclasses
 
@@ -45,65 +45,101 @@ class FoldReport:
     Attributes:
         folded: `{batch norm path: path of the layer it was folded into}`.
         kept: `{batch norm path: why it was kept}`.
+        forward: The paths, among `folded`, of the batch norms folded forward,
+            into the `Dense` after them; the others went into the layer
+            before them. Defaults to `()`.
     """
 
     folded: dict
     kept: dict
+    forward: tuple = ()
 
     def __str__(self):
         lines = [f"Folded {len(self.folded)} batch norm(s), kept {len(self.kept)}."]
-        lines += [f"  folded {bn} into {linear}" for bn, linear in self.folded.items()]
+        for bn, linear in self.folded.items():
+            lines.append(f"  folded {bn} {'forward into' if bn in self.forward else 'into'} {linear}")
         lines += [f"  kept {bn}: {why}" for bn, why in self.kept.items()]
         return "\n".join(lines)
 
 
-def _folded_weights(linear, bn):
-    """Returns `{name: array}` for `linear` with `bn`'s inference transform folded in (float64 maths)."""
+def _affine(bn):
+    """Returns `(scale, shift)`, float64 arrays per channel, of `bn`'s inference map `scale * x + shift`."""
     stats = {name: value.astype("float64") for name, value in _graph.weights_by_name(bn).items()}
     channels = stats["moving_mean"].shape
     gamma = stats.get("gamma", np.ones(channels)) if bn.scale else np.ones(channels)
     beta = stats.get("beta", np.zeros(channels)) if bn.center else np.zeros(channels)
     scale = gamma / np.sqrt(stats["moving_variance"] + bn.epsilon)
+    return scale, beta - stats["moving_mean"] * scale
+
+
+def _scale_outputs(kernel, layout, scale):
+    """Returns `kernel` with each output channel multiplied by its `scale`."""
+    if layout == "depthwise":
+        return kernel * scale.reshape(kernel.shape[-2:])
+    if layout == "transposed":
+        return kernel * scale[:, None]  # (..., out, in), whatever the data format
+    return kernel * scale  # (..., in, out), whatever the data format
+
+
+def _folded_weights(linear, backward=None, forward=None):
+    """Returns `{name: array}` for `linear` with the batch norms after it (`backward`) and before it folded in.
+
+    The maths is in float64; the weights are stored in their variables' dtypes.
+    """
     weights = {name: value.astype("float64") for name, value in _graph.weights_by_name(linear).items()}
     kernel_name, layout = _fold_rules.weight_to_scale(linear)
-    kernel = weights[kernel_name]
-    if layout == "depthwise":
-        kernel = kernel * scale.reshape(kernel.shape[-2:])
-    else:
-        # Every kernel here is laid out (..., in, out), whatever the data format.
-        kernel = kernel * scale
-    bias = weights.get("bias", np.zeros(channels))
-    weights[kernel_name] = kernel
-    weights["bias"] = (bias - stats["moving_mean"]) * scale + beta
+    kernel, bias = weights[kernel_name], weights.get("bias", np.float64(0.0))
+    if forward is not None:
+        # Dense(scale * x + shift) = x @ (scale * kernel) + (shift @ kernel + bias),
+        # the scale on the rows of the (in, out) kernel.
+        scale, shift = _affine(forward)
+        kernel, bias = kernel * scale[:, None], shift @ kernel + bias
+    if backward is not None:
+        scale, shift = _affine(backward)
+        kernel, bias = _scale_outputs(kernel, layout, scale), bias * scale + shift
+    weights[kernel_name], weights["bias"] = kernel, bias
     return weights
 
 
 def fold_batch_norm(model, *, verbose=False, return_report=False):
-    """Returns a new inference model with batch normalization folded into the preceding layers.
+    """Returns a new inference model with batch normalization folded into the layers next to it.
 
     In inference mode a batch normalization is a fixed affine map per channel,
     `y = scale * x + shift` with `scale = gamma / sqrt(moving_variance + epsilon)`
     and `shift = beta - moving_mean * scale`. When it directly follows a layer
     that ends in a per-output-channel linear map, with no activation, that map
-    folds into the layer's weights:
+    folds backward, into the layer's weights:
 
         kernel' = kernel * scale          (per output channel)
         bias'   = (bias - moving_mean) * scale + beta
 
     The layers that take a fold are `Dense`, `Conv1D`/`Conv2D`/`Conv3D`,
+    `Conv1DTranspose`/`Conv2DTranspose`/`Conv3DTranspose` (whose kernel holds
+    the output channel on its second-to-last axis),
     `DepthwiseConv1D`/`DepthwiseConv2D` (output channel `c * multiplier + m`)
-    and `SeparableConv1D`/`SeparableConv2D` (into the pointwise kernel), at
+    and `SeparableConv1D`/`SeparableConv2D` (into the pointwise kernel).
+    Where that is not possible (after a model input, an activation or a
+    pooling), a batch norm over the last axis whose output goes to one
+    `Dense` alone folds forward, into that `Dense`, which contracts that axis:
+
+        kernel' = scale[:, None] * kernel   (per input unit: the kernel's rows)
+        bias'   = shift @ kernel + bias
+
+    Convolutions do not take a fold forward: where they pad their input, it
+    would not be exact (the folding guide lists the cases). Folding works at
     any depth of nested Sequential and Functional models, Functional
     subclasses such as keras-hub backbones and tasks included. Plain
     operations in the graph (`x + 3`, `keras.ops.pad`, ...), `Lambda` layers
-    and masks pass through unchanged. Each folded
-    `BatchNormalization` or `ManualBatchNorm` is replaced by a
-    `FoldedBatchNorm` of the same name, a no-op that shows where the folding
-    happened. A batch norm is kept, with its weights, when folding could
-    change any prediction: when the layer's output also feeds another layer
-    (a residual `Add`, a `Concatenate`, ...) or is a model output, when the
-    layer applies an activation or is shared, when the normalization is over
-    another axis than the layer's channels, or when it is called with
+    and masks pass through unchanged. Each folded `BatchNormalization`,
+    `ManualBatchNorm` or `FrozenBatchNorm` is replaced by a `FoldedBatchNorm`
+    of the same name, a no-op that shows where the folding happened. A batch
+    norm is kept, with its weights, when folding could change any prediction:
+    when the layer's output also feeds another layer (a residual `Add`, a
+    `Concatenate`, ...) or is a model output, when the layer applies an
+    activation or is shared, when it has a LoRA update or a quantized kernel,
+    when the normalization is over another axis than the layer's channels,
+    when a `Dense` after it computes in a narrower dtype than it (its input
+    would be rounded before it is normalized), or when it is called with
     `training=True`. A batch norm inside a layer or a subclassed model whose
     `call` is not a graph (a custom block) is kept too: keras-bn cannot see
     what feeds it. The report gives the reason for each kept layer. The
@@ -155,12 +191,13 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
     True
     """
     _graph.check_model(model, "fold_batch_norm")
+    forward = ()
     if not _graph.is_graph_model(model):
         new_model, folded, kept = _graph.copy_opaque(model, "fold_batch_norm"), {}, {}
     else:
-        new_model, folded, kept = _fold_graph(model)
+        new_model, folded, kept, forward = _fold_graph(model)
     kept.update(_hidden(model))
-    report = FoldReport(folded=folded, kept=kept)
+    report = FoldReport(folded=folded, kept=kept, forward=forward)
     if verbose:
         print(report)
     return (new_model, report) if return_report else new_model
@@ -176,19 +213,21 @@ def _hidden(model):
 
 
 def _fold_graph(model):
-    """Folds the batch norms of a graph model; returns `(new model, folded, kept)`."""
+    """Folds the batch norms of a graph model; returns `(new model, folded, kept, forward)`."""
     graph = _graph.trace(model)
-    folded, kept, into = {}, {}, {}
+    folded, kept, forward = {}, {}, []
+    into = {}  # {layer path: {"backward": batch norm after it, "forward": batch norm before it}}
     for path, calls in graph.calls.items():
-        bn = calls[0].operation
-        if not isinstance(bn, _BATCH_NORMS):
+        if not isinstance(calls[0].operation, _BATCH_NORMS):
             continue
-        producer, reason = _fold_rules.why_not_foldable(path, graph)
-        if producer is None:
+        target, direction, reason = _fold_rules.where_to_fold(path, graph)
+        if target is None:
             kept[path] = reason
-        else:
-            folded[path] = producer.path
-            into[producer.path] = bn
+            continue
+        folded[path] = target.path
+        into.setdefault(target.path, {})[direction] = calls[0].operation
+        if direction == "forward":
+            forward.append(path)
 
     def replace(path, layer):
         if path in folded:
@@ -199,6 +238,6 @@ def _fold_graph(model):
         return None
 
     def weights_for(path, old, new):
-        return _folded_weights(old, into[path]) if path in into else None
+        return _folded_weights(old, **into[path]) if path in into else None
 
-    return _graph.rebuild(model, replace, weights_for), folded, kept
+    return _graph.rebuild(model, replace, weights_for), folded, kept, tuple(forward)
