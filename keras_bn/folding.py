@@ -192,30 +192,53 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
     """
     _graph.check_model(model, "fold_batch_norm")
     forward = ()
-    if not _graph.is_graph_model(model):
-        new_model, folded, kept = _graph.copy_opaque(model, "fold_batch_norm"), {}, {}
+    graph_model, why = _as_graph(model)
+    if graph_model is None:
+        new_model, folded, kept = _graph.copy_opaque(model, "fold_batch_norm"), {}, _hidden(model, why=why)
     else:
-        new_model, folded, kept, forward = _fold_graph(model)
-    kept.update(_hidden(model))
+        new_model, folded, kept, forward = _fold_graph(graph_model)
     report = FoldReport(folded=folded, kept=kept, forward=forward)
     if verbose:
         print(report)
     return (new_model, report) if return_report else new_model
 
 
-def _hidden(model):
-    """Returns `{path: why it is kept}` for the batch norms inside layers whose call() no graph shows."""
-    kept = {}
-    for path, (where, layer) in _graph.inside_hidden(model, lambda _, inner: isinstance(inner, _BATCH_NORMS)).items():
-        kind = "the subclassed model" if isinstance(layer, keras.Model) else f"the {type(layer).__name__} layer"
-        kept[path] = f"it is inside {kind} {where or layer.name!r}, whose call() keras-bn cannot see"
-    return kept
+def _is_batch_norm(path, layer):
+    """The batch norms folding reaches for: Keras's, keras-bn's and frozen ones."""
+    return isinstance(layer, _BATCH_NORMS)
+
+
+def _as_graph(model):
+    """Returns `(model, None)` for a graph model, `(its stand-in, None)` for a subclassed one, else `(None, why)`."""
+    if _graph.is_graph_model(model):
+        return model, None
+    if not any(_is_batch_norm(*item) for item in _graph.sublayers(model).items()):
+        return None, None
+    try:
+        return _graph.model_stand_in(model), None
+    except _graph.NotInlined as why:
+        return None, str(why)
+
+
+def _hidden(model, graph=None, why=None):
+    """Returns `{path: why it is kept}` for the batch norms that no graph shows.
+
+    Those are the batch norms of a subclassed `model` that has no stand-in
+    (`graph` is `None`, `why` says why), or those inside the custom layers
+    that `graph`'s trace could not turn into graphs of their sub-layers.
+    """
+    if graph is None:
+        return {path: f"it is inside the subclassed model {model.name!r}, which keras-bn cannot turn into a "
+                      f"graph: {why}" for path, layer in _graph.sublayers(model).items() if _is_batch_norm(path, layer)}
+    calls = [(path, calls[0].operation, None) for path, calls in graph.calls.items()]
+    return {path: f"it is inside {where!r} ({type(layer).__name__}), whose call() keras-bn cannot turn into a "
+                  f"graph: {why}" for path, (where, layer, why) in _graph.unreached(graph.opaque, calls, _is_batch_norm).items()}
 
 
 def _fold_graph(model):
     """Folds the batch norms of a graph model; returns `(new model, folded, kept, forward)`."""
-    graph = _graph.trace(model)
-    folded, kept, forward = {}, {}, []
+    graph = _graph.trace(model, reach=_is_batch_norm)
+    folded, kept, forward = {}, _hidden(model, graph), []
     into = {}  # {layer path: {"backward": batch norm after it, "forward": batch norm before it}}
     for path, calls in graph.calls.items():
         if not isinstance(calls[0].operation, _BATCH_NORMS):
@@ -240,4 +263,5 @@ def _fold_graph(model):
     def weights_for(path, old, new):
         return _folded_weights(old, **into[path]) if path in into else None
 
-    return _graph.rebuild(model, replace, weights_for), folded, kept, tuple(forward)
+    new_model = _graph.rebuild(model, replace, weights_for, reach=_is_batch_norm, custom_layers="keep")
+    return new_model, folded, kept, tuple(forward)

@@ -501,25 +501,39 @@ def test_unfoldable_layers_are_kept():
     np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
 
 
-def test_a_subclassed_model_is_copied_with_every_batch_norm_kept():
+def test_a_subclassed_model_is_folded_through_its_graph_or_copied_with_every_batch_norm_kept():
     @keras.saving.register_keras_serializable(package="test_folding")
     class Custom(keras.Model):
-        def __init__(self, **kwargs):
+        def __init__(self, branch=False, **kwargs):
             super().__init__(**kwargs)
+            self.branch = branch
             self.dense = keras.layers.Dense(3, name="dense")
             self.bn = keras.layers.BatchNormalization(name="bn")
 
         def call(self, x, training=None):
+            if self.branch and training:
+                x = x * 2.0
             return self.bn(self.dense(x), training=training)
 
-    model = Custom(name="custom")
+        def get_config(self):
+            return {**super().get_config(), "branch": self.branch}
+
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    model = Custom(name="custom")
     model(x, training=True)
     folded, report = fold_batch_norm(model, return_report=True)
+    assert report.folded == {"bn": "dense"} and report.kept == {}
+    np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(model(x)), rtol=1e-5, atol=1e-6)
+
+    branching = Custom(branch=True, name="custom")
+    branching(x, training=True)
+    folded, report = fold_batch_norm(branching, return_report=True)
     assert report.folded == {}
-    assert report.kept == {"bn": "it is inside the subclassed model 'custom', whose call() keras-bn cannot see"}
-    assert folded is not model
-    np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
+    assert report.kept == {"bn": "it is inside the subclassed model 'custom', which keras-bn cannot turn into a "
+                                 "graph: its call() takes other steps in training than in inference (Python "
+                                 "branching on `training`)"}
+    assert folded is not branching
+    np.testing.assert_allclose(to_numpy(folded(x)), to_numpy(branching(x)), rtol=1e-6, atol=1e-6)
 
 
 def test_a_subclassed_model_without_config_is_refused_by_name():

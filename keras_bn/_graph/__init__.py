@@ -36,6 +36,7 @@ from keras_bn._graph.layers import (
     sublayers,
     weights_by_name,
 )
+from keras_bn._graph.inline import NotInlined, model_stand_in
 from keras_bn._graph.reach import describe, unreached
 from keras_bn._graph.rebuild import Rebuilder, clone_layer, copy_opaque, rebuild
 from keras_bn._graph.trace import Call, Graph, inputs_of, trace
@@ -44,6 +45,7 @@ __all__ = [
     "BATCH_NORMS",
     "Call",
     "Graph",
+    "NotInlined",
     "Rebuilder",
     "batch_norm_layers",
     "check_model",
@@ -57,6 +59,7 @@ __all__ = [
     "is_batch_norm",
     "is_graph_model",
     "layers_by_path",
+    "model_stand_in",
     "rebuild",
     "set_weights_by_name",
     "sublayers",
