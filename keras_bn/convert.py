@@ -198,12 +198,15 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
 
     Batch norms anywhere in the model's graph are converted: in nested
     Sequential and Functional models and Functional subclasses (keras-hub
-    backbones and tasks) too. One inside a layer whose `call` is not a graph
-    (a custom block, as in keras-hub's MobileNet, EfficientNet and HGNetV2
-    backbones, or a subclassed model) cannot be replaced: the call raises,
-    naming each, unless `custom_layers="keep"` leaves them as they are. Every
-    other layer, and every weight, is copied; the original
-    model is not modified. A weight that only the new layer has starts at its
+    backbones and tasks) too, and inside custom layers whose `call` is
+    Python (keras-hub's MobileNet, EfficientNet, HGNetV2 and MobileNetV5
+    blocks): such a layer comes back as a Functional model of the same name
+    over its sub-layers, and a subclassed model as a Functional model (see
+    the "Custom layers" guide). A batch norm inside a custom layer that
+    cannot be turned into a graph (its `call` branches on `training` in
+    Python, say) makes the call raise, naming each with the reason, unless
+    `custom_layers="keep"` leaves them as they are. Every other layer, and
+    every weight, is copied; the original model is not modified. A weight that only the new layer has starts at its
     initial value: converting to `ManualBatchNorm(momentum=None)` starts its
     batch count at 0, so its first training batch replaces the moving
     statistics.
@@ -213,9 +216,9 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
         to: `"manual"`, `"keras"`, `"synchronized"`, `"unsynchronized"`,
             `"group_norm"`, `"layer_norm"` or `"identity"`. Defaults to
             `"manual"`.
-        custom_layers: What to do with batch norms inside layers whose
-            `call` is not a graph: `"raise"` a `ValueError` that names them,
-            or `"keep"` them unconverted. Defaults to `"raise"`.
+        custom_layers: What to do with batch norms inside custom layers
+            that cannot be turned into graphs: `"raise"` a `ValueError` that
+            names them, or `"keep"` them unconverted. Defaults to `"raise"`.
         **options: Constructor arguments set on every converted layer, on top
             of the configuration it had.
 
@@ -224,7 +227,8 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
 
     Raises:
         ValueError: `model` was never built, `to` is unknown, some layer
-            cannot be converted, or a batch norm sits where no graph leads.
+            cannot be converted, or a batch norm sits inside a custom layer
+            that cannot be turned into a graph.
         TypeError: `model` is not a Keras model, an option that the target
             does not take, or a required option is missing.
 

@@ -140,9 +140,11 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
     when the normalization is over another axis than the layer's channels,
     when a `Dense` after it computes in a narrower dtype than it (its input
     would be rounded before it is normalized), or when it is called with
-    `training=True`. A batch norm inside a layer or a subclassed model whose
-    `call` is not a graph (a custom block) is kept too: keras-bn cannot see
-    what feeds it. The report gives the reason for each kept layer. The
+    `training=True`. Inside custom layers (a `call` in Python, as keras-hub's
+    blocks) and subclassed models the same rules apply: the tools see their
+    sub-layers through a graph made from their `call` (see the "Custom
+    layers" guide); the batch norms of one that cannot be turned into a graph
+    are kept, with the reason. The report gives the reason for each kept layer. The
     original model's weights and predictions are not modified.
 
     Folding is for inference only: the folded model has no batch statistics

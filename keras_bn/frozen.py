@@ -182,17 +182,18 @@ def freeze_batch_norm(model, layers=None, *, trainable_affine=False, custom_laye
             predicate `(path, layer) -> bool`. Defaults to `None`.
         trainable_affine: Whether the frozen layers' `gamma` and `beta` stay
             trainable. Defaults to `False`.
-        custom_layers: What to do with batch norms inside layers whose
-            `call` is not a graph (custom blocks): `"raise"` a `ValueError`
-            that names them, or `"keep"` them as they are. Defaults to
-            `"raise"`.
+        custom_layers: What to do with batch norms inside custom layers
+            (a `call` in Python) that cannot be turned into graphs: `"raise"`
+            a `ValueError` that names them with the reason, or `"keep"` them
+            as they are. Those that can are frozen like the others (see the
+            "Custom layers" guide). Defaults to `"raise"`.
 
     Returns:
         A new `keras.Model`, uncompiled unless `model` was compiled.
 
     Raises:
         ValueError: `layers` selects no batch norm, or a batch norm is inside
-            a layer whose `call` is not a graph (it cannot be replaced).
+            a custom layer that cannot be turned into a graph.
         TypeError: `model` is not a Keras model, or `layers` is of another type.
 
     Example:
