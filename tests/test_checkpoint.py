@@ -99,11 +99,11 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
     callback.save(100)
 
     def write_that_dies(self, *args, **kwargs):
-        """Starts writing the weights into the archive, then dies as a killed process would."""
+        """Starts writing a member into the archive, then dies as a killed process would."""
         self.fp.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zipfile.ZipFile, "write", write_that_dies)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", write_that_dies)
     with pytest.raises(KeyboardInterrupt):
         callback.save(200)
     monkeypatch.undo()
@@ -188,7 +188,7 @@ def test_an_archive_without_state_or_of_another_format_is_refused(tmp_path):
     future = tmp_path / "future.zip"
     with zipfile.ZipFile(future, "w") as archive:
         archive.writestr("state.json", json.dumps({"format": 99}))
-    with pytest.raises(CheckpointError, match=r"has format 99; this keras-bn reads format 2"):
+    with pytest.raises(CheckpointError, match=r"has format 99; this keras-bn reads formats 2 and 3"):
         read_state(future)
 
 
@@ -275,3 +275,71 @@ def test_without_a_path_a_stop_request_raises_without_saving(tmp_path):
     with pytest.raises(TrainingInterrupted, match="Nothing was saved"):
         callback.on_train_batch_end(0)
     assert saved_at == [] and os.listdir(tmp_path) == []
+
+
+# --- one consistent read ----------------------------------------------------------
+
+
+def test_a_checkpoint_replaced_between_reading_and_restoring_restores_what_was_read(tmp_path):
+    """The torn read of issue 28: the state read at set-up, the weights of a later save."""
+    path = tmp_path / "run.zip"
+    first = _model(0)
+    _callback(path, model=first)[0].save(3)
+    resumed = _model(2)
+    callback, _ = _callback(path, model=resumed)  # Reads the checkpoint of batch 3.
+    later = _model(1)
+    later.train_on_batch(*_batches(1)[0])
+    _callback(path, model=later)[0].save(5)  # Another process saves meanwhile.
+    callback.on_train_begin()
+    assert callback.start == 3
+    for a, b in zip(first.weights, resumed.weights):  # Batch 3's weights, not batch 5's.
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    assert read_state(path)["batches_done"] == 5  # The file itself is the later one.
+
+
+def test_state_and_weights_of_two_saves_are_refused(tmp_path):
+    one, two = tmp_path / "one.zip", tmp_path / "two.zip"
+    _callback(one, model=_model(0))[0].save(3)
+    _callback(two, model=_model(1))[0].save(5)
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(one) as a, zipfile.ZipFile(two) as b, zipfile.ZipFile(mixed, "w") as m:
+        m.writestr("state.json", a.read("state.json"))
+        m.writestr("model.weights.h5", b.read("model.weights.h5"))
+    with pytest.raises(CheckpointError, match=(
+        r"The checkpoint .*mixed\.zip holds weights of another save than its state: the state "
+        r"\(after 3 batches\) was saved with weights of digest '[0-9a-f]{32}', the weights "
+        r"beside it have digest '[0-9a-f]{32}'\. Its parts come from two different saves\."
+    )):
+        _callback(mixed)
+
+
+def test_a_checkpoint_of_format_2_is_still_resumed(tmp_path):
+    """Format 2 (keras-bn 0.1.0) had no digest: it is read, in one piece, without the check."""
+    path = tmp_path / "run.zip"
+    model = _model(0)
+    _callback(path, model=model)[0].save(4)
+    old = tmp_path / "old.zip"
+    with zipfile.ZipFile(path) as new, zipfile.ZipFile(old, "w") as archive:
+        state = json.loads(new.read("state.json"))
+        del state["weights_digest"]
+        archive.writestr("state.json", json.dumps({**state, "format": 2}))
+        archive.writestr("model.weights.h5", new.read("model.weights.h5"))
+    restored = _model(1)
+    callback, _ = _callback(old, model=restored)
+    callback.on_train_begin()
+    assert callback.start == 4
+    for a, b in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_partial_writes_of_a_killed_process_are_removed(tmp_path):
+    from keras_bn.experiment.checkpoint import remove_partial_writes
+
+    (tmp_path / "checkpoints").mkdir()
+    left = [tmp_path / ".results.json.k2j4_x.tmp", tmp_path / "checkpoints" / ".none-seed0.zip.a1.tmp"]
+    kept = [tmp_path / "results.json", tmp_path / "checkpoints" / "none-seed0.zip",
+            tmp_path / "notes.tmp"]
+    for path in left + kept:
+        path.write_bytes(b"x")
+    assert remove_partial_writes(tmp_path) == [str(path) for path in left]
+    assert all(path.exists() for path in kept) and not any(path.exists() for path in left)

@@ -1,6 +1,8 @@
 """Checkpoints of a run: one atomic zip of `model.weights.h5` (with the optimizer) and the state."""
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -15,10 +17,15 @@ try:  # Keras's global state, where `saving_lib.get_attr_skipset` keeps what it 
 except ImportError:  # pragma: no cover - a Keras that moved it: saves stay as fast as Keras's.
     global_state = None
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "RunCheckpoint", "atomic_write"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "RunCheckpoint", "atomic_write",
+           "read_checkpoint", "remove_partial_writes"]
 
-#: Version of the checkpoint layout; a file of another version is refused.
-FORMAT_VERSION = 2
+#: Version of the checkpoint layout written: 3 adds the weights' digest to the state.
+FORMAT_VERSION = 3
+#: The versions read; a file of another version is refused.
+READABLE_FORMATS = (2, 3)
+#: How the temporary file of an `atomic_write` ends (it starts with `.` and the file's name).
+_TEMPORARY_SUFFIX = ".tmp"
 
 
 class CheckpointError(ValueError):
@@ -51,7 +58,7 @@ def atomic_write(path, write, *, binary=True):
     """
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=_TEMPORARY_SUFFIX)
     try:
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             write(f)
@@ -64,6 +71,25 @@ def atomic_write(path, write, *, binary=True):
         raise
     _sync_folder(folder)
     return path
+
+
+def remove_partial_writes(folder):
+    """Removes the temporary files of `atomic_write`s in `folder` that a killed process left.
+
+    A process killed while writing (`kill -9`, a power cut) leaves its
+    temporary file, never a half-written target. Call it only while holding
+    the folder (`keras_bn.experiment.lock.RunLock`): another process's
+    temporary file may still be in use. Looks in `folder` and its
+    `checkpoints/`; returns the paths removed.
+    """
+    removed = []
+    for where in (folder, os.path.join(folder, "checkpoints")):
+        names = os.listdir(where) if os.path.isdir(where) else []
+        for name in sorted(names):
+            if name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX):
+                os.unlink(os.path.join(where, name))
+                removed.append(os.path.join(where, name))
+    return removed
 
 
 def _build_optimizer(model):
@@ -89,62 +115,94 @@ def _reuse_keras_skipsets():
             global_state.set_global_attribute(f"saving_attr_skiplist_{kind}", stored)
 
 
+def _digest(data):
+    """Returns the hex digest that ties a checkpoint's state to the weights saved with it."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _save(path, model, state):
-    """Writes `model.save_weights` (weights and optimizer variables) and `state` to `path`."""
+    """Writes `model.save_weights` (weights and optimizer variables) and `state` to `path`.
+
+    The state records the digest of the weights it was saved with, so that a
+    reader can tell that both come from this one save.
+    """
     _build_optimizer(model)
     _reuse_keras_skipsets()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         weights = os.path.join(scratch, "model.weights.h5")
         model.save_weights(weights)
+        with open(weights, "rb") as f:
+            weights = f.read()
+    state = {"format": FORMAT_VERSION, **state, "weights_digest": _digest(weights)}
 
-        def write(f):
-            """Writes the zip archive."""
-            with zipfile.ZipFile(f, "w") as archive:
-                archive.writestr("state.json", json.dumps({"format": FORMAT_VERSION, **state}))
-                archive.write(weights, "model.weights.h5")
+    def write(f):
+        """Writes the zip archive."""
+        with zipfile.ZipFile(f, "w") as archive:
+            archive.writestr("state.json", json.dumps(state))
+            archive.writestr("model.weights.h5", weights)
 
-        return atomic_write(path, write)
+    return atomic_write(path, write)
 
 
-def _read(path, member):
-    """Returns the bytes of `member` of the checkpoint `path`, or raises `CheckpointError`."""
+def _unreadable(path, error):
+    """Returns the `CheckpointError` for a checkpoint `path` that `error` kept from being read."""
+    return CheckpointError(f"Cannot read the checkpoint {path}: {type(error).__name__}: {error}. "
+                           "Delete it to start that run over.")
+
+
+def read_checkpoint(path):
+    """Returns the state (a dict) and the weights file (bytes) of the checkpoint `path`.
+
+    The file is read once, whole: another process that replaces it meanwhile
+    cannot give the state of one save and the weights of the next. The state's
+    `weights_digest` must be that of the weights beside it.
+
+    Raises:
+        CheckpointError: if the file cannot be read, is of another format, or
+            holds weights other than those its state was saved with.
+    """
     try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.read(member)
-    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        with open(path, "rb") as f:
+            archive = zipfile.ZipFile(io.BytesIO(f.read()))
+        state = json.loads(archive.read("state.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from error
+    found = state.get("format") if isinstance(state, dict) else None
+    if found not in READABLE_FORMATS:
         raise CheckpointError(
-            f"Cannot read the checkpoint {path}: {type(error).__name__}: {error}. "
-            "Delete it to start that run over."
-        ) from error
+            f"The checkpoint {path} has format {found!r}; this keras-bn reads formats "
+            f"{' and '.join(map(str, READABLE_FORMATS))}. Delete it to start that run over."
+        )
+    try:
+        weights = archive.read("model.weights.h5")
+    except (KeyError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from error
+    saved_with = state.get("weights_digest")
+    if found >= 3 and saved_with != _digest(weights):
+        raise CheckpointError(
+            f"The checkpoint {path} holds weights of another save than its state: the state "
+            f"(after {state.get('batches_done')!r} batches) was saved with weights of digest "
+            f"{saved_with!r}, the weights beside it have digest {_digest(weights)!r}. Its parts "
+            "come from two different saves. Delete it to start that run over."
+        )
+    return state, weights
 
 
 def read_state(path):
     """Returns the JSON state of the checkpoint `path`; raises `CheckpointError` if unusable."""
-    try:
-        state = json.loads(_read(path, "state.json"))
-    except ValueError as error:
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(f"Cannot read the checkpoint {path}: {error}") from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        found = state.get("format") if isinstance(state, dict) else None
-        raise CheckpointError(
-            f"The checkpoint {path} has format {found!r}; this keras-bn reads format "
-            f"{FORMAT_VERSION}. Delete it to start that run over."
-        )
-    return state
+    return read_checkpoint(path)[0]
 
 
-def _restore(path, model):
-    """Loads the weights and optimizer variables of the checkpoint `path` into `model`."""
+def _restore(path, model, weights):
+    """Loads `weights` (the bytes of the checkpoint `path`'s weights file) into `model`."""
     _build_optimizer(model)
     with tempfile.TemporaryDirectory() as scratch:
-        weights = os.path.join(scratch, "model.weights.h5")
-        with open(weights, "wb") as f:
-            f.write(_read(path, "model.weights.h5"))
+        scratch_file = os.path.join(scratch, "model.weights.h5")
+        with open(scratch_file, "wb") as f:
+            f.write(weights)
         try:
-            model.load_weights(weights)
+            model.load_weights(scratch_file)
         except ValueError as error:
             raise CheckpointError(f"The weights in {path} do not fit the model: {error}") from error
 
@@ -171,10 +229,12 @@ def check_config(path, saved, current):
 class RunCheckpoint(keras.callbacks.Callback):
     """Owns a run's checkpoint, as `keras.callbacks.BackupAndRestore` does: restore, save, stop.
 
-    Made before training, it reads the state of an existing checkpoint at
-    `path` (refusing one whose `identity` differs from the run's) so the run
-    knows where to resume; `on_train_begin` then loads the weights and the
-    optimizer's variables into the model. After each batch it saves when a new
+    Made before training, it reads an existing checkpoint at `path` once,
+    whole (refusing one whose `identity` differs from the run's, or whose
+    state and weights come from different saves), so the run knows where to
+    resume; `on_train_begin` then loads the weights and the optimizer's
+    variables read with that state into the model, whatever has happened to
+    the file since. After each batch it saves when a new
     multiple of `every` batches is done and, if `stop.requested`, saves and
     raises `TrainingInterrupted`: this is the one place a run decides to stop.
 
@@ -194,20 +254,22 @@ class RunCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.path, self.identity, self.state_fn = path, identity, state_fn
         self.every, self.total, self.stop, self.run = every, total, stop, run
-        self.saved = None
+        self.saved, self._weights = None, None
         if path is not None and os.path.exists(path):
-            self.saved = read_state(path)
+            self.saved, self._weights = read_checkpoint(path)
             check_config(path, self.saved.get("identity"), json.loads(json.dumps(identity)))
+            if self.saved.get("finished"):
+                self._weights = None  # A finished run is not trained again.
         self.start = self.saved["batches_done"] if self.saved else 0
-        self._last, self._restored = self.start, self.saved is None
+        self._last = self.start
 
     def on_train_begin(self, logs=None):
-        """Restores the saved weights and optimizer state, once."""
-        if not self._restored:
+        """Restores the weights and optimizer state read with the state, once."""
+        if self._weights is not None:
             strategy = getattr(self.model, "distribute_strategy", None)  # TensorFlow only.
             with contextlib.nullcontext() if strategy is None else strategy.scope():
-                _restore(self.path, self.model)
-            self._restored = True
+                _restore(self.path, self.model, self._weights)
+            self._weights = None
 
     def on_train_batch_end(self, batch, logs=None):
         """Saves at a new multiple of `every`; on a stop request saves and raises."""
