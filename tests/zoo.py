@@ -388,7 +388,7 @@ def _small_resnet_encoder(stacks=3, image_shape=(None, None, 3)):
     )
 
 
-def _deeplab_v3():
+def _deeplab_v3(name="keras_hub.DeepLabV3Backbone"):
     """DeepLabV3Backbone around a 3-stack ResNet: spatial pyramid pooling (custom layer) and a decoder, 32x32."""
     return _hub().models.DeepLabV3Backbone(
         image_encoder=_small_resnet_encoder(3),
@@ -398,11 +398,11 @@ def _deeplab_v3():
         dilation_rates=[1, 2],
         projection_filters=8,
         image_shape=(32, 32, 3),
-        name=_model_name("keras_hub.DeepLabV3Backbone"),
+        **_name_argument(name),
     )
 
 
-def _retinanet():
+def _retinanet(name="keras_hub.RetinaNetBackbone"):
     """RetinaNetBackbone around a 4-stack ResNet (P2..P5), feature pyramid P3..P5 with use_fpn_batch_norm=True, 32x32."""
     return _hub().models.RetinaNetBackbone(
         image_encoder=_small_resnet_encoder(4),
@@ -411,7 +411,7 @@ def _retinanet():
         use_p5=False,
         use_fpn_batch_norm=True,
         image_shape=(32, 32, 3),
-        name=_model_name("keras_hub.RetinaNetBackbone"),
+        **_name_argument(name),
     )
 
 
@@ -468,6 +468,72 @@ def _resnet_classifier(with_preprocessor):
     )
 
 
+def _dfine():
+    """DFineBackbone around a 2-stage HGNetV2 (strides 8 and 16): a hybrid encoder of width 8, one decoder layer, 4 queries, 32x32."""
+    hub = _hub()
+    encoder = hub.models.HGNetV2Backbone(
+        depths=[1, 1],
+        embedding_size=16,
+        hidden_sizes=[32, 64],
+        stem_channels=[3, 8, 16],
+        hidden_act="relu",
+        use_learnable_affine_block=True,
+        stackwise_stage_filters=[[16, 8, 32, 1, 1, 3], [32, 16, 64, 1, 1, 3]],
+        apply_downsample=[False, True],
+        use_lightweight_conv_block=[False, True],
+        image_shape=(32, 32, 3),
+        out_features=["stage1", "stage2"],
+    )
+    return hub.models.DFineBackbone(
+        backbone=encoder,
+        decoder_in_channels=[8, 8],
+        encoder_hidden_dim=8,
+        num_labels=3,
+        num_denoising=0,
+        learn_initial_query=False,
+        num_queries=4,
+        anchor_image_size=(32, 32),
+        feat_strides=[8, 16],
+        num_feature_levels=2,
+        hidden_dim=8,
+        encoder_in_channels=[32, 64],
+        encode_proj_layers=[1],
+        num_attention_heads=1,
+        encoder_ffn_dim=8,
+        num_encoder_layers=1,
+        hidden_expansion=0.5,
+        depth_multiplier=0.34,
+        eval_idx=-1,
+        num_decoder_layers=1,
+        decoder_attention_heads=1,
+        decoder_ffn_dim=8,
+        decoder_n_points=[1, 1],
+        lqe_hidden_dim=4,
+        num_lqe_layers=1,
+        out_features=["stage1", "stage2"],
+        image_shape=(32, 32, 3),
+        seed=0,
+        name=_model_name("keras_hub.DFineBackbone"),
+    )
+
+
+def _deeplab_v3_segmenter():
+    """DeepLabV3ImageSegmenter (3 classes) around the DeepLabV3Backbone above, 32x32."""
+    return _hub().models.DeepLabV3ImageSegmenter(
+        backbone=_deeplab_v3(name=None), num_classes=3, name=_model_name("keras_hub.DeepLabV3ImageSegmenter")
+    )
+
+
+def _retinanet_detector():
+    """RetinaNetObjectDetector (3 classes, one conv before each head's logits) around the RetinaNetBackbone above, 32x32."""
+    return _hub().models.RetinaNetObjectDetector(
+        backbone=_retinanet(name=None),
+        num_classes=3,
+        pre_logits_num_conv_layers=1,
+        name=_model_name("keras_hub.RetinaNetObjectDetector"),
+    )
+
+
 KERAS_HUB = {
     "keras_hub.ResNetBackbone(v1)": _resnet_v1,
     "keras_hub.ResNetBackbone(v2)": _resnet_v2,
@@ -483,8 +549,212 @@ KERAS_HUB = {
     "keras_hub.RetinaNetBackbone": _retinanet,
     "keras_hub.BASNetBackbone": _basnet,
     "keras_hub.SegFormerBackbone": _segformer,
+    "keras_hub.DFineBackbone": _dfine,
     "keras_hub.ResNetImageClassifier": lambda: _resnet_classifier(False),
     "keras_hub.ResNetImageClassifier(preprocessor)": lambda: _resnet_classifier(True),
+    "keras_hub.DeepLabV3ImageSegmenter": _deeplab_v3_segmenter,
+    "keras_hub.RetinaNetObjectDetector": _retinanet_detector,
+}
+
+# ---------------------------------------------------------------------------
+# Hand-written models
+# ---------------------------------------------------------------------------
+
+# Blocks as users write them: sub-layers kept in lists and dicts, keras.ops
+# arithmetic, Python branches on `training`, a block's own weight beside its
+# batch norm, a block inside a block, and a subclassed keras.Model. Each class
+# round-trips its config, so that a tool can rebuild it.
+_register = keras.saving.register_keras_serializable(package="keras_bn_zoo")
+
+
+def _conv(filters, **kwargs):
+    """Returns a 3x3 "same" Conv2D without bias, the convolution every hand-written block uses."""
+    return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, **kwargs)
+
+
+def _build_chain(layers, input_shape, filters):
+    """Builds `layers` in turn: the first on `input_shape`, the others on its shape with `filters` channels."""
+    for layer in layers:
+        layer.build(input_shape)
+        input_shape = tuple(input_shape[:-1]) + (filters,)
+
+
+@_register
+class ListDictBlock(keras.layers.Layer):
+    """Residual block whose convolutions sit in a list and batch norms in a dict: relu(x + bn(conv(relu(bn(conv(x))))))."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.convs = [_conv(self.filters), _conv(self.filters)]
+        self.norms = {"first": BN(), "second": BN()}
+
+    def build(self, input_shape):
+        _build_chain([self.convs[0], self.norms["first"], self.convs[1], self.norms["second"]], input_shape, self.filters)
+
+    def call(self, inputs, training=None):
+        x = keras.ops.relu(self.norms["first"](self.convs[0](inputs), training=training))
+        x = self.norms["second"](self.convs[1](x), training=training)
+        return keras.ops.relu(keras.ops.add(inputs, x))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@_register
+class DropPathBlock(keras.layers.Layer):
+    """Residual block x + drop_path(relu(bn(conv(x)))) whose call() drops the branch only when `training` is true.
+
+    The drop path is a Dropout over whole samples (noise_shape (batch, 1, 1,
+    1)), so setting its rate to 0 makes training mode deterministic.
+    """
+
+    def __init__(self, filters, rate=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.rate = int(filters), float(rate)
+        self.conv = _conv(self.filters)
+        self.norm = BN()
+        self.drop_path = keras.layers.Dropout(self.rate, noise_shape=(None, 1, 1, 1))
+
+    def build(self, input_shape):
+        _build_chain([self.conv, self.norm], input_shape, self.filters)
+
+    def call(self, inputs, training=None):
+        x = keras.ops.relu(self.norm(self.conv(inputs), training=training))
+        if training:
+            x = self.drop_path(x, training=training)
+        return inputs + x
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "rate": self.rate}
+
+
+@_register
+class LayerScaleBlock(keras.layers.Layer):
+    """Residual block x + gamma * bn(conv(x)) with its own per-channel weight `gamma` (a layer scale), created in build()."""
+
+    def __init__(self, filters, gamma_initializer="ones", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.conv = _conv(self.filters)
+        self.norm = BN()
+
+    def build(self, input_shape):
+        _build_chain([self.conv, self.norm], input_shape, self.filters)
+        self.gamma = self.add_weight(name="gamma", shape=(self.filters,), initializer=self.gamma_initializer)
+
+    def call(self, inputs, training=None):
+        return inputs + self.gamma * self.norm(self.conv(inputs), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+        }
+
+
+@_register
+class ConvNormBlock(keras.layers.Layer):
+    """relu(bn(conv(x))), the inner block of NestedBlock."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.conv = _conv(self.filters)
+        self.norm = BN()
+
+    def build(self, input_shape):
+        _build_chain([self.conv, self.norm], input_shape, self.filters)
+
+    def call(self, inputs, training=None):
+        return keras.ops.relu(self.norm(self.conv(inputs), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@_register
+class NestedBlock(keras.layers.Layer):
+    """bn(x + inner(x)), where `inner` is a ConvNormBlock: a batch norm two custom layers deep, and one a level up."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.inner = ConvNormBlock(self.filters)
+        self.norm = BN()
+
+    def build(self, input_shape):
+        _build_chain([self.inner, self.norm], input_shape, self.filters)
+
+    def call(self, inputs, training=None):
+        return self.norm(inputs + self.inner(inputs, training=training), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@_register
+class SubclassedNet(keras.Model):
+    """A subclassed keras.Model: convolutions in a list, batch norms in a dict, two residual steps, a Dense head.
+
+    No build() of its own: Keras builds it by running call() on its input
+    shape, which is what most subclassed models rely on.
+    """
+
+    def __init__(self, filters=8, classes=3, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.classes = int(filters), int(classes)
+        self.convs = [_conv(self.filters) for _ in range(3)]
+        self.norms = {"stem": BN(), "block_0": BN(), "block_1": BN()}
+        self.head = keras.layers.Dense(self.classes)
+
+    def call(self, inputs, training=None):
+        x = keras.ops.relu(self.norms["stem"](self.convs[0](inputs), training=training))
+        for k in range(2):
+            x = keras.ops.relu(x + self.norms[f"block_{k}"](self.convs[k + 1](x), training=training))
+        return self.head(keras.ops.mean(x, axis=(1, 2)))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "classes": self.classes}
+
+
+# Hand-written models take 16x16 inputs with 8 channels inside: enough to see
+# every block, cheap on every backend.
+_HANDWRITTEN_SIDE = 16
+
+
+def _functional(zoo_name, blocks):
+    """Returns a Functional model: conv-BN-relu stem, then `blocks` in order, average pooling, a Dense of 3."""
+    inputs = keras.Input((_HANDWRITTEN_SIDE, _HANDWRITTEN_SIDE, 3))
+    x = keras.layers.ReLU()(BN()(_conv(8)(inputs)))
+    for block in blocks:
+        x = block(x)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs, name=_model_name(zoo_name))
+
+
+def _subclassed():
+    """SubclassedNet, built by a call on one batch of zeros (a subclassed model has no Input)."""
+    model = SubclassedNet(name=_model_name("handwritten.SubclassedNet"))
+    model(np.zeros((1, _HANDWRITTEN_SIDE, _HANDWRITTEN_SIDE, 3), "float32"))
+    return model
+
+
+HANDWRITTEN = {
+    "handwritten.ListDictBlock": lambda: _functional(
+        "handwritten.ListDictBlock", [ListDictBlock(8), ListDictBlock(8)]
+    ),
+    "handwritten.DropPathBlock": lambda: _functional(
+        "handwritten.DropPathBlock", [DropPathBlock(8), DropPathBlock(8)]
+    ),
+    "handwritten.LayerScaleBlock": lambda: _functional(
+        "handwritten.LayerScaleBlock",
+        [LayerScaleBlock(8, keras.initializers.RandomUniform(0.5, 1.5)) for _ in range(2)],
+    ),
+    "handwritten.NestedBlock": lambda: _functional("handwritten.NestedBlock", [NestedBlock(8), NestedBlock(8)]),
+    "handwritten.SubclassedNet": _subclassed,
 }
 
 # Models that fail to build on a backend: {backend: {name: error}}. They stay in
@@ -502,7 +772,7 @@ BACKEND_FAILURES = dict(_KNOWN_FAILURES.get(keras.backend.backend(), {}))
 
 MODELS = {
     name: builder
-    for name, builder in {**APPLICATIONS, **KERAS_HUB}.items()
+    for name, builder in {**APPLICATIONS, **KERAS_HUB, **HANDWRITTEN}.items()
     if name not in BACKEND_FAILURES
 }
 
@@ -516,6 +786,11 @@ def _model_name(zoo_name):
     return "zoo_" + "".join(c if c.isalnum() else "_" for c in zoo_name).strip("_")
 
 
+def _name_argument(zoo_name):
+    """Returns the name argument of a zoo entry's model: none for an unnamed part of another entry (None)."""
+    return {} if zoo_name is None else {"name": _model_name(zoo_name)}
+
+
 def _application_name(family):
     """Returns the name argument of an application: none for EfficientNetV2, whose name picks its blocks."""
     return {} if family in _DEFAULT_NAMES else {"name": _model_name("keras.applications." + family)}
@@ -525,7 +800,7 @@ def _application_name(family):
 # name (name="efficientnetv2-b0"), so they keep their own.
 _DEFAULT_NAMES = {"EfficientNetV2B0": "efficientnetv2-b0"}
 
-_ZOO_BY_MODEL_NAME = {_model_name(name): name for name in {**APPLICATIONS, **KERAS_HUB}}
+_ZOO_BY_MODEL_NAME = {_model_name(name): name for name in {**APPLICATIONS, **KERAS_HUB, **HANDWRITTEN}}
 _ZOO_BY_MODEL_NAME.update(
     {model_name: "keras.applications." + family for family, model_name in _DEFAULT_NAMES.items()}
 )
@@ -659,13 +934,19 @@ def sample_input(model, batch=2, seed=0):
 
     Raw [0, 255] pixels for the applications that preprocess inside the graph;
     [0, 255] pixels through the family's ``preprocess_input`` for the other
-    applications; standard normal for keras-hub models and anything not built
-    by this module. Raises NotImplementedError for a model with several inputs.
+    applications; standard normal for keras-hub models, the hand-written ones
+    and anything not built by this module. A subclassed model, which has no
+    Input, takes the shape it was built on (``get_build_config``). Raises
+    NotImplementedError for a model with several inputs.
     """
-    inputs = model.inputs if getattr(model, "inputs", None) is not None else []
-    if len(inputs) != 1:
-        raise NotImplementedError(f"sample_input handles single-input models; {model.name} has {len(inputs)}")
-    shape = tuple(inputs[0].shape[1:])
+    if getattr(model, "inputs", None) is not None:
+        shapes = [tuple(x.shape[1:]) for x in model.inputs]
+    else:
+        built_on = (model.get_build_config() or {}).get("input_shape")
+        shapes = [tuple(built_on[1:])] if built_on and not isinstance(built_on[0], (list, tuple, dict)) else []
+    if len(shapes) != 1:
+        raise NotImplementedError(f"sample_input handles single-input models; {model.name} has {len(shapes)}")
+    shape = shapes[0]
     if any(d is None for d in shape):
         raise NotImplementedError(f"{model.name} has an input of unknown size {shape}")
     rng = np.random.default_rng(seed)
