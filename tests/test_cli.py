@@ -10,7 +10,7 @@ import keras
 import pytest
 
 from helpers import write_fake_mnist_npz
-from keras_bn.experiment import RunConfig
+from keras_bn.experiment import RunConfig, RunLock
 from keras_bn.experiment.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ def test_defaults_are_the_run_configs():
     assert (args.seed, args.seeds) == (None, (0,))
     assert args.data_dir is None and args.out == "runs/deep_mnist"
     assert (args.checkpoint_every, args.validate_every, args.check_every) == (100, 100, 25)
-    assert (args.distribute, args.quiet) == (None, False)
+    assert (args.distribute, args.quiet, args.wait) == (None, False, False)
 
 
 def test_parses_every_option():
@@ -32,13 +32,13 @@ def test_parses_every_option():
         ["--variants", "manual, none", "--batches", "5", "--batch-size", "8",
          "--learning-rate", "1e-3", "--seeds", "0, 1,2", "--data-dir", "d", "--out", "o",
          "--checkpoint-every", "50", "--validate-every", "10", "--check-every", "5",
-         "--distribute", "mirrored", "--quiet"]
+         "--distribute", "mirrored", "--quiet", "--wait"]
     )
     assert args.variants == ("manual", "none") and args.seeds == (0, 1, 2)
     assert (args.batches, args.batch_size, args.learning_rate) == (5, 8, 0.001)
     assert (args.data_dir, args.out) == ("d", "o")
     assert (args.checkpoint_every, args.validate_every, args.check_every) == (50, 10, 5)
-    assert (args.distribute, args.quiet) == ("mirrored", True)
+    assert (args.distribute, args.quiet, args.wait) == ("mirrored", True, True)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +124,19 @@ def test_a_corrupt_checkpoint_exits_1(tmp_path, capsys):
     status, err = _exit(argv, capsys)
     assert status == 1
     assert err.startswith(f"keras-bn: error: Cannot read the checkpoint {path}: ")
+
+
+def test_a_run_folder_another_process_holds_exits_2_naming_it(tmp_path, capsys):
+    folder = tmp_path / "out" / RunConfig(variants="none", batches=2).name
+    argv = ["--variants", "none", "--batches", "2", "--data-dir", write_fake_mnist_npz(tmp_path),
+            "--out", tmp_path / "out"]
+    with RunLock(folder):  # As another process would: a lock of its own on run.lock.
+        status, err = _exit(argv, capsys)
+    assert status == 2
+    assert err.startswith(f"keras-bn: error: The run folder {folder} is in use by process "
+                          f"{os.getpid()} on host ")  # Not a usage error: no usage line.
+    assert "start this one with --wait" in err
+    assert os.listdir(folder) == ["run.lock"]
 
 
 def test_the_readmes_commands_work_one_after_the_other(tmp_path, monkeypatch, capsys):

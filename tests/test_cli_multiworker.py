@@ -8,6 +8,7 @@ logged loss to float32 round-off.
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from helpers import write_fake_mnist_npz
 
-from keras_bn.experiment import ExperimentError, run_experiment
+from keras_bn.experiment import ExperimentError, RunConfig, RunLock, run_experiment
 from keras_bn.experiment.distribute import read_tf_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -40,11 +41,14 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
 def _launch(argv, folder, world_size=2, expected=0):
     """Runs `keras-bn argv` as `world_size` workers on 127.0.0.1; returns their logs.
 
-    Every worker must exit with status `expected`.
+    Every worker must exit with status `expected`, or, for a dict
+    `{rank: status}`, each of those workers: the others are killed once those
+    have exited.
 
     Every worker gets its own `TF_CONFIG`; both are killed if either fails or
     the time runs out.
     """
+    wanted = expected if isinstance(expected, dict) else dict.fromkeys(range(world_size), expected)
     ports = common.free_ports(world_size)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes, logs = [], []
@@ -57,16 +61,17 @@ def _launch(argv, folder, world_size=2, expected=0):
                 env=common.worker_env("tensorflow", {"TF_CONFIG": tf_config}),
                 stdout=logs[-1], stderr=subprocess.STDOUT, cwd=folder))
         deadline = time.monotonic() + TIMEOUT
-        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        while any(processes[rank].poll() is None for rank in wanted) and (
+                time.monotonic() < deadline):
             if expected == 0 and any(p.poll() not in (None, 0) for p in processes):
                 break  # The other worker would wait for it forever.
             time.sleep(0.2)
-        codes = [p.poll() for p in processes]
+        codes = {rank: processes[rank].poll() for rank in wanted}
         texts = []
         for log in logs:
             log.seek(0)
             texts.append(log.read())
-        assert codes == [expected] * world_size, f"exit codes {codes}:\n" + "\n".join(
+        assert codes == wanted, f"exit codes {codes}:\n" + "\n".join(
             f"--- worker {rank}:\n{text[-3000:]}" for rank, text in enumerate(texts))
         return texts
     finally:
@@ -122,6 +127,21 @@ def test_a_batch_the_workers_cannot_share_equally_exits_2(tmp_path):
     for log in logs:  # Both refuse before training: neither waits for the other.
         assert "keras-bn: error: `batch_size` must be a multiple of the 2 replicas that " \
                "share each global batch. Received: batch_size=7" in log
+
+
+def test_the_chief_refuses_a_run_folder_another_process_holds(tmp_path):
+    """The chief, the one worker that writes to --out, takes the run folder's lock."""
+    argv = [*SETTINGS, "--distribute", "multiworker", "--data-dir",
+            str(write_fake_mnist_npz(tmp_path)), "--out", str(tmp_path / "out")]
+    config = RunConfig(variants="manual", batches=4, batch_size=8, validate_every=100,
+                       check_every=1, distribute="multiworker", backend="tensorflow")
+    folder = tmp_path / "out" / config.name
+    with RunLock(folder):  # Held by this process, as by a first launch still running.
+        # Worker 1 then fails in its first collective, its chief gone (or is killed).
+        (chief, _) = _launch(argv, tmp_path, expected={0: 2})
+    assert (f"keras-bn: error: The run folder {folder} is in use by process {os.getpid()} "
+            "on host ") in chief
+    assert os.listdir(folder) == ["run.lock"]
 
 
 def _tf_config_error(value):

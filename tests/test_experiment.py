@@ -23,10 +23,12 @@ from keras_bn.experiment import (
     ExperimentError,
     Run,
     RunConfig,
+    StopOnSignal,
     TrainingInterrupted,
     format_summary,
     run_experiment,
 )
+from keras_bn.experiment import results as results_module
 from keras_bn.experiment.checkpoint import RunCheckpoint, read_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,6 +272,55 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_numbers(two
     # Exactly the numbers of the uninterrupted run.
     assert _numbers(resumed["runs"]["none"]["1"]) == _numbers(two_seeds.results["runs"]["none"]["1"])
     assert _numbers(resumed["runs"]["none"]["0"]) == _numbers(two_seeds.results["runs"]["none"]["0"])
+
+
+@pytest.mark.parametrize("phase", ["last batch", "final evaluation", "writing results"])
+def test_sigterm_at_the_end_of_a_run_resumes_to_the_same_numbers(two_seeds, tmp_path,
+                                                                 monkeypatch, phase):
+    """A real SIGTERM in each phase of the last run's end: no half-written file, same numbers."""
+    started = []
+    line_of_phase = {"last batch": "Batch: 2,", "final evaluation": "Final validation"}.get(phase)
+
+    def log(line):
+        """Sends SIGTERM at the phase's line of the last run (seed 1)."""
+        started.append(line) if line.startswith("===") else None
+        if line_of_phase and len(started) == 2 and line.startswith(line_of_phase):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    if phase == "writing results":
+        plot_curves = results_module.plot_curves
+
+        def plot_after_sigterm(results, path):
+            """SIGTERM once results.json is written, before curves.png is."""
+            os.kill(os.getpid(), signal.SIGTERM)
+            return plot_curves(results, path)
+
+        monkeypatch.setattr(results_module, "plot_curves", plot_after_sigterm)
+    # The outer block only keeps a SIGTERM the library let through from ending pytest.
+    with StopOnSignal() as outside, pytest.raises(TrainingInterrupted) as info:
+        run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=tmp_path, progress=False,
+                       print_fn=log, **TINY)
+    assert not outside.requested
+    assert (info.value.exit_code, info.value.where) == (143, "after finishing none, seed 1")
+    monkeypatch.undo()
+    folder = tmp_path / two_seeds.folder.name
+    path = folder / "checkpoints" / "none-seed1.zip"
+    assert read_state(path)["finished"]
+    # Written whole, or not at all: the stop waited for the files being written.
+    assert (folder / "results.json").exists() == (phase == "writing results")
+    uninterrupted = [_numbers(two_seeds.results["runs"]["none"][seed]) for seed in ("0", "1")]
+    if phase == "writing results":
+        assert [_numbers(_load(folder)["runs"]["none"][seed]) for seed in ("0", "1")] \
+            == uninterrupted
+        assert (folder / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert not [name for name in os.listdir(folder) if name.endswith(".tmp")]
+
+    lines = []
+    resumed = run_experiment(seeds=[0, 1], data=_synthetic_mnist(), out_dir=tmp_path,
+                             progress=False, print_fn=lines.append, **TINY)
+    assert f"Already finished ({path}); not trained again." in lines
+    assert [_numbers(resumed["runs"]["none"][seed]) for seed in ("0", "1")] == uninterrupted
+    assert _load(folder)["runs"] == json.loads(json.dumps(resumed["runs"]))
 
 
 def test_an_out_dir_that_cannot_be_written_is_refused_before_loading_data(tmp_path):

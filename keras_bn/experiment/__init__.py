@@ -2,7 +2,8 @@
 
 One frozen `RunConfig` describes an experiment and names its folder;
 `run_experiment` trains every variant once per seed, each as a `Run` whose
-`RunCheckpoint` callback saves and restores it; `RunProgress` shows it;
+`RunCheckpoint` callback saves and restores it, while a `RunLock` keeps the
+run folder to one process; `RunProgress` shows it;
 `StopOnSignal` turns Ctrl-C into a clean stop; `keras_bn.experiment.cli` is
 the `keras-bn` command.
 """
@@ -10,6 +11,7 @@ the `keras-bn` command.
 from keras_bn.experiment.checkpoint import CheckpointError, CheckpointMismatchError
 from keras_bn.experiment.config import DESCRIPTIONS, VARIANTS, ExperimentError, RunConfig
 from keras_bn.experiment.interrupt import StopOnSignal, TrainingInterrupted
+from keras_bn.experiment.lock import RunFolderBusy, RunLock
 from keras_bn.experiment.results import format_summary, plot_curves, seed_statistics
 from keras_bn.experiment.run import Run
 from keras_bn.experiment.runner import run_experiment
@@ -22,6 +24,8 @@ __all__ = [
     "ExperimentError",
     "Run",
     "RunConfig",
+    "RunFolderBusy",
+    "RunLock",
     "StopOnSignal",
     "TrainingInterrupted",
     "format_summary",

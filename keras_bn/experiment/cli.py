@@ -101,6 +101,9 @@ def build_parser():
         "record a middle layer's pre-activation percentiles and every kernel's gradient norm "
         "during training (training is unchanged) and draw them to activations.png and "
         "gradients.png"))
+    parser.add_argument("--wait", action="store_true", help=(
+        "if another process is training in the run folder, wait for it to finish, then resume "
+        "or reuse what it leaves (without --wait: exit with status 2, naming that process)"))
     parser.add_argument("--quiet", action="store_true",
                         help="print only the summary: no log, no progress bar")
     return parser
@@ -110,10 +113,12 @@ def main(argv=None):
     """Runs the `keras-bn` command with `argv` (default: `sys.argv[1:]`) and returns 0.
 
     Bad arguments make argparse print the usage and the reason to stderr and
-    exit with status 2; so do an `--out` folder that cannot be written, a
-    checkpoint there of other data, `--distribute` off TensorFlow, and
-    `--distribute multiworker` without a valid `TF_CONFIG`. A missing or corrupt MNIST folder or checkpoint exits with
-    status 1. SIGINT (Ctrl-C) and SIGTERM stop after the current batch, save a
+    exit with status 2; so do an `--out` folder that cannot be written or
+    locked, a checkpoint there of other data, `--distribute` off TensorFlow,
+    and `--distribute multiworker` without a valid `TF_CONFIG`. A run folder
+    that another process holds exits with status 2 too, naming that process
+    (with `--wait`, the command waits for it instead). A missing or corrupt
+    MNIST folder or checkpoint exits with status 1. SIGINT (Ctrl-C) and SIGTERM stop after the current batch, save a
     checkpoint, print how to resume, and exit with status 130 and 143.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -121,15 +126,17 @@ def main(argv=None):
     settings = vars(parser.parse_args(argv))
     from keras_bn.datasets import MNISTError
     from keras_bn.experiment import (CheckpointError, CheckpointMismatchError, ExperimentError,
-                                     TrainingInterrupted, run_experiment)
+                                     RunFolderBusy, TrainingInterrupted, run_experiment)
     from keras_bn.experiment.interrupt import signal_name
 
-    options = {key: settings.pop(key) for key in ("data_dir", "out", "quiet")}
+    options = {key: settings.pop(key) for key in ("data_dir", "out", "quiet", "wait")}
     if settings["seed"] is not None:
         settings["seeds"] = None  # `--seed N` is `seeds=(N,)`.
     try:
         run_experiment(data_dir=options["data_dir"], out_dir=options["out"],
-                       quiet=options["quiet"], **settings)
+                       quiet=options["quiet"], wait=options["wait"], **settings)
+    except RunFolderBusy as error:  # Not a usage error: the same command works later.
+        parser.exit(2, f"keras-bn: error: {error}\n")
     except (ExperimentError, CheckpointMismatchError) as error:
         parser.error(str(error))
     except (MNISTError, CheckpointError) as error:

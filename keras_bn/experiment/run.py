@@ -58,8 +58,9 @@ class Run:
         seed: One of `config.seeds`.
         data: MNIST-like splits, or a `Data` from `prepare_data`.
         folder: The run folder (`OUT/<config.name>`) whose `checkpoints/`
-            holds this run's checkpoint, or `None` to keep none. Defaults to
-            `None`.
+            holds this run's checkpoint, or `None` to keep none. The caller
+            holds it (`run_experiment` takes its `RunLock` before any `Run`
+            reads a checkpoint). Defaults to `None`.
         stop: The `StopOnSignal` of the caller. Defaults to `None`: the run
             installs its own while it trains.
         print_fn: Receives every log line. Defaults to `print`.

@@ -1,5 +1,6 @@
 """`run_experiment`: the notebook's experiment (no BN, Keras BN, `ManualBatchNorm`) over seeds."""
 
+import contextlib
 import os
 import sys
 
@@ -7,8 +8,10 @@ import keras
 
 from keras_bn import _checks
 from keras_bn.experiment import distribute
+from keras_bn.experiment.checkpoint import remove_partial_writes
 from keras_bn.experiment.config import DESCRIPTIONS, ExperimentError, RunConfig
-from keras_bn.experiment.interrupt import STOP_SIGNALS, StopOnSignal
+from keras_bn.experiment.interrupt import STOP_SIGNALS, StopOnSignal, TrainingInterrupted
+from keras_bn.experiment.lock import RunLock
 from keras_bn.experiment.results import format_summary, seed_statistics, write_results
 from keras_bn.experiment.run import Run, prepare_data
 
@@ -66,8 +69,8 @@ def _progress_stream(progress):
     return progress
 
 
-def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, progress=True,
-                   quiet=False, print_fn=print, **settings):
+def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, wait=False,
+                   progress=True, quiet=False, print_fn=print, **settings):
     """Runs the seed notebook's experiment: the same deep CNN with and without batch norm.
 
     For each seed, and each variant in order, a `Run` sets the seed, builds
@@ -87,9 +90,14 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
     `checkpoints/`, written atomically every `checkpoint_every` batches and
     when the run ends. The same call again resumes unfinished runs where they
     stopped, with the numbers of an uninterrupted run, and does not train
-    finished ones again. SIGINT (Ctrl-C) and SIGTERM stop training after the
-    current batch, save a checkpoint and raise `TrainingInterrupted`; the
-    signal handlers are put back afterwards.
+    finished ones again. The run folder is this call's alone from the first
+    checkpoint read to the last file written (`RunLock`, an `fcntl.flock` the
+    system drops when the process ends): another process that holds it makes
+    the call raise `RunFolderBusy`, or wait for it with `wait=True`. SIGINT
+    (Ctrl-C) and SIGTERM stop training after the current batch, save a
+    checkpoint and raise `TrainingInterrupted` (one that arrives while the
+    results are written does so once they are written whole); the signal
+    handlers are put back afterwards.
 
     Args:
         config: A `RunConfig`, or the variants (names from `VARIANTS`, a
@@ -101,6 +109,9 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
             `None` (`KERAS_BN_MNIST_DIR`, then the Keras download).
         out_dir: Folder under which the run folder is made. Defaults to
             `None`: write nothing, keep no checkpoints.
+        wait: When another process holds the run folder, wait until it lets
+            go (then resume, or reuse, what it left) instead of raising
+            `RunFolderBusy`. Defaults to `False`.
         progress: `True` for a progress bar per run on standard error, a text
             stream to write it to, or `False`. Defaults to `True`.
         quiet: Print only the summary: no log, no progress. Defaults to `False`.
@@ -122,6 +133,8 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
         keras_bn.experiment.CheckpointMismatchError: if the run folder holds a
             checkpoint of one of these runs written with other data.
         keras_bn.experiment.CheckpointError: if such a checkpoint is corrupt.
+        keras_bn.experiment.RunFolderBusy: if another process holds the run
+            folder and `wait` is `False`.
         keras_bn.experiment.TrainingInterrupted: after SIGINT or SIGTERM.
         keras_bn.MNISTError: if MNIST cannot be loaded.
     """
@@ -140,23 +153,43 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, pr
         data = load_mnist(data_dir)
     data = prepare_data(data)
     log = (lambda *args, **kwargs: None) if quiet else print_fn
-    # A worker that stopped alone would leave the others waiting: signals keep their default.
-    with StopOnSignal(signals=() if multiworker else STOP_SIGNALS) as stop:
-        runs = [Run(config, variant, seed, data, folder=None if multiworker else folder,
-                    stop=stop, print_fn=log,
-                    progress=None if quiet else stream)
-                for seed in config.seeds for variant in config.variants]
-        results = {variant: {} for variant in config.variants}
-        for run in runs:
-            seed = "" if len(config.seeds) == 1 else f", seed {run.seed}"
-            log(f"=== {run.variant}: {DESCRIPTIONS[run.variant]}{seed} ===")
-            results[run.variant][str(run.seed)] = run.train()
-            log("")
-    results = {"config": config.to_dict(), "keras_version": keras.__version__,
-               "data": data.fingerprint, "runs": results, "statistics": seed_statistics(results)}
-    print_fn(format_summary(results))
-    if folder is not None:
-        os.makedirs(folder, exist_ok=True)  # Not made by a checkpoint under "multiworker".
-        paths = write_results(results, folder)
-        print_fn(f"Wrote {', '.join(paths[:-1])} and {paths[-1]}")
+    # The folder is this process's from the first checkpoint read to the last file written.
+    with _hold(folder, wait=wait, print_fn=print_fn):
+        # A worker that stopped alone would leave the others waiting: signals keep their default.
+        with StopOnSignal(signals=() if multiworker else STOP_SIGNALS) as stop:
+            runs = [Run(config, variant, seed, data, folder=None if multiworker else folder,
+                        stop=stop, print_fn=log, progress=None if quiet else stream)
+                    for seed in config.seeds for variant in config.variants]
+            results = _train(runs, config, data, log)
+            print_fn(format_summary(results))
+            if folder is not None:  # A stop meanwhile waits for complete files.
+                paths = write_results(results, folder)
+                print_fn(f"Wrote {', '.join(paths[:-1])} and {paths[-1]}")
+            if stop.requested:
+                raise TrainingInterrupted(stop.signal_number, run=runs[-1].label,
+                                          checkpoint=runs[-1].path)
     return results
+
+
+@contextlib.contextmanager
+def _hold(folder, *, wait, print_fn):
+    """Holds the run folder `folder` (`None`: nothing) and clears what a killed holder left."""
+    if folder is None:
+        yield
+        return
+    with RunLock(folder, wait=wait, print_fn=print_fn) as lock:
+        if lock.held:  # Else (no lock on this system) another process may be writing there.
+            remove_partial_writes(folder)
+        yield
+
+
+def _train(runs, config, data, log):
+    """Trains (or resumes, or skips) each run in turn; returns `results.json`'s content."""
+    results = {variant: {} for variant in config.variants}
+    for run in runs:
+        seed = "" if len(config.seeds) == 1 else f", seed {run.seed}"
+        log(f"=== {run.variant}: {DESCRIPTIONS[run.variant]}{seed} ===")
+        results[run.variant][str(run.seed)] = run.train()
+        log("")
+    return {"config": config.to_dict(), "keras_version": keras.__version__,
+            "data": data.fingerprint, "runs": results, "statistics": seed_statistics(results)}
