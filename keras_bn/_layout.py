@@ -98,36 +98,44 @@ def mask_readings(layer, mask_shape, input_shape):
 
 
 def mask_weights(layer, mask, inputs):
-    """Returns the mask as 0/1 weights broadcastable to `inputs`, read as `mask_readings` says."""
+    """Returns `(weights, keras)`: the mask as 0/1 weights broadcastable to `inputs`, read as `mask_readings` says.
+
+    `keras` says whether it was read as Keras's layer reads it (a bool, or a
+    boolean tensor where the sizes decide when a TensorFlow graph runs): a
+    channel such a mask leaves nothing to count then gets Keras's numbers.
+    """
+    rank = len(inputs.shape)
     readings = mask_readings(layer, mask.shape, inputs.shape)
     at = readings[-1]
+    keras_reading = readings[0] == rank - 1
     if len(readings) > 1 and None in tuple(mask.shape)[at:] + tuple(inputs.shape)[at:-1]:
         # Both readings fit the static sizes, and one that tells them apart
         # is unknown: only a TensorFlow graph traced for any size (a `fit`
         # retraced for sequences of varying length) gets here, and the sizes
         # decide when it runs.
-        mask = _read_when_run(mask, inputs, at)
+        mask, keras_reading = _read_when_run(mask, inputs, at)
     elif readings[0] is not None:
         mask = ops.expand_dims(mask, axis=readings[0])
     if keras.backend.standardize_dtype(mask.dtype) != "bool":
         # As Keras: any non-zero entry of a numeric mask counts in full.
         mask = ops.cast(mask, "bool")
-    return ops.cast(mask, inputs.dtype)
+    return ops.cast(mask, inputs.dtype), keras_reading
 
 
 def _read_when_run(mask, inputs, at):
-    """Returns `mask` broadcast to `inputs`: read as Keras reads it where its sizes fit when run, else at `at`."""
+    """Returns `(mask, fits)`: `mask` broadcast to `inputs`, read as Keras reads it where its sizes `fits` when run, else at `at`."""
     if keras.backend.backend() != "tensorflow":  # pragma: no cover - sizes are known there
-        return ops.expand_dims(mask, axis=len(inputs.shape) - 1)
+        return ops.expand_dims(mask, axis=len(inputs.shape) - 1), True
     import tensorflow as tf
 
     sizes, target = tf.shape(mask), tf.shape(inputs)
     fits = tf.reduce_all((sizes == 1) | (sizes == target[:-1]))
-    return tf.cond(
+    mask = tf.cond(
         fits,
         lambda: tf.broadcast_to(tf.expand_dims(mask, -1), target),
         lambda: tf.broadcast_to(tf.expand_dims(mask, at), target),
     )
+    return mask, fits
 
 
 def ghost_batches(layer, x):

@@ -156,8 +156,11 @@ class ManualBatchNorm(keras.layers.Layer):
             layer's mask); only where that does not broadcast and `axis` is
             one axis does it go at `axis` instead. A mask of the input's rank
             broadcasts as it is. docs/guide/masking.md has the rule. A
-            channel whose positions are all masked keeps its moving
-            statistics unchanged and is normalized with them.
+            channel whose positions are all masked gets Keras's numbers
+            under a mask in Keras's shape (a mean and a variance of 0, which
+            the moving averages take in); under a mask of the input's rank,
+            or with an option Keras lacks, it keeps its moving statistics
+            unchanged and is normalized with them.
 
     Returns:
         A tensor of the input's shape in the layer's compute dtype.
@@ -402,7 +405,9 @@ class ManualBatchNorm(keras.layers.Layer):
 
     def _call_training(self, x, dtype, gamma, beta, mask):
         """The hand-written training path: normalizes with the batch statistics, updates the moving ones."""
-        weights = None if mask is None else _layout.mask_weights(self, mask, x)
+        weights, keras_mask = (None, False) if mask is None else _layout.mask_weights(self, mask, x)
+        if self.momentum is None or self.unbiased_variance or self.virtual_batch_size is not None:
+            keras_mask = False  # options Keras's layer lacks: a channel left empty keeps keras-bn's rule
         shape = self._broadcast_shape
         axes = self._reduction_axes
         original_shape = ops.shape(x)
@@ -421,15 +426,20 @@ class ManualBatchNorm(keras.layers.Layer):
         # record no gradient: the normalize step's own gradient accounts for them.
         def statistics(source):
             mean, variance, count, centered = moments(source, axes, weights, all_reduce)
-            if weights is not None:
+            if weights is not None and keras_mask is not True:
                 # A channel with no unmasked position has no batch statistics:
                 # use the moving ones, which also leaves them unchanged below.
-                seen = count > 0
+                # A mask read as Keras reads it gives Keras's numbers there:
+                # a mean and a variance of 0 (`moments` divides 0 by 1), which
+                # the moving averages take in.
+                seen = ops.logical_or(count > 0, keras_mask)
                 mean = ops.where(seen, mean, self._per_channel(self.moving_mean, dtype, shape))
                 variance = ops.where(
                     seen, variance, self._per_channel(self.moving_variance, dtype, shape)
                 )
                 centered = source - mean
+            if weights is not None and keras_mask is not False:
+                count = ops.where(ops.logical_and(count == 0, keras_mask), ops.ones_like(count), count)
             return mean, variance, count, centered
 
         hand_written = _gradient.hand_written()

@@ -167,19 +167,29 @@ def _assign_state(layer, rng, channels):
     return state
 
 
-def _reference_masked_step(x, keep, axis, state, *, momentum, epsilon, unbiased):
+def _reference_masked_step(x, keep, axis, state, *, momentum, epsilon, unbiased, keras_empty=False):
     """One training step on the values each channel keeps; updates `state` in place.
 
     A channel with no kept value is normalized with the moving statistics, which
     stay as they are; with `unbiased`, a channel needs 2 kept values for its
-    variance to move.
+    variance to move. With `keras_empty` (a mask read as Keras reads it) such a
+    channel gets Keras's numbers instead: a mean and a variance of 0, which the
+    moving averages take in.
     """
     values, kept = _channels_first(x.astype("float64"), axis), _channels_first(keep, axis)
     out = np.empty_like(values)
     for c in range(values.shape[0]):
         seen = values[c][kept[c]]
-        mean, var = (seen.mean(), seen.var()) if seen.size else (state["moving_mean"][c], state["moving_variance"][c])
+        if seen.size:
+            mean, var = seen.mean(), seen.var()
+        elif keras_empty:
+            mean = var = 0.0
+        else:
+            mean, var = state["moving_mean"][c], state["moving_variance"][c]
         out[c] = (values[c] - mean) / np.sqrt(var + epsilon) * state["gamma"][c] + state["beta"][c]
+        if keras_empty and not seen.size:
+            state["moving_mean"][c] *= momentum
+            state["moving_variance"][c] *= momentum
         if seen.size >= 1:
             state["moving_mean"][c] = momentum * state["moving_mean"][c] + (1 - momentum) * mean
         if seen.size >= (2 if unbiased else 1):
@@ -195,12 +205,17 @@ def _documented_keep(mask, shape, axis):
     wherever that broadcasts; otherwise at the channel `axis`. A full-rank mask
     broadcasts as it is.
     """
+    return _read_mask(mask, shape, axis)[0]
+
+
+def _read_mask(mask, shape, axis):
+    """Returns `(keep, keras)`: the positions kept, and whether the mask was read as Keras reads it."""
     if mask.ndim == len(shape):
-        return np.broadcast_to(mask, shape)
+        return np.broadcast_to(mask, shape), False
     try:
-        return np.broadcast_to(mask[..., None], shape)
+        return np.broadcast_to(mask[..., None], shape), True
     except ValueError:
-        return np.broadcast_to(np.expand_dims(mask, axis % len(shape)), shape)
+        return np.broadcast_to(np.expand_dims(mask, axis % len(shape)), shape), False
 
 
 @st.composite
@@ -229,7 +244,7 @@ def _check_masked_step(case, unbiased):
     layer.build(shape)
     state = _assign_state(layer, rng, shape[axis])
     mask = None
-    keep = np.ones(shape, dtype=bool)
+    keep, keras_reading = np.ones(shape, dtype=bool), False
     if keep_fraction is not None:
         # A mask over every axis but the channel one, or the input's rank with
         # size 1 along the channel axis. One dimension short, it may also fit
@@ -237,8 +252,9 @@ def _check_masked_step(case, unbiased):
         mask = rng.random(np.delete(shape, axis)) < keep_fraction
         if full_rank_mask:
             mask = np.expand_dims(mask, axis % len(shape))
-        keep = _documented_keep(mask, shape, axis)
-    expected = _reference_masked_step(x, keep, axis, state, momentum=momentum, epsilon=1e-3, unbiased=unbiased)
+        keep, keras_reading = _read_mask(mask, shape, axis)
+    expected = _reference_masked_step(x, keep, axis, state, momentum=momentum, epsilon=1e-3, unbiased=unbiased,
+                                      keras_empty=keras_reading and not unbiased)
     y = to_numpy(layer(x, training=True, mask=mask))
     np.testing.assert_allclose(y, expected, rtol=OPTION_TOL, atol=OPTION_TOL * (1 + np.abs(expected).max()))
     for name in ("moving_mean", "moving_variance"):

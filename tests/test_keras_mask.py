@@ -166,11 +166,12 @@ def test_at_axis_where_keras_reading_does_not_fit():
 
 def test_a_channel_with_nothing_to_count():
     # Keras's convention with axis=1 masks whole channels of a sample: a channel that
-    # is all padding in every sample (a dead ReLU channel after a `Masking` layer) has
-    # no batch statistics. Keras's layer divides 0 by 1e-7 and normalizes it with a
-    # mean and variance of 0, which its moving averages then take in; ours normalizes
-    # it with its moving statistics and leaves them alone (docs/guide/masking.md).
-    # Every other channel gets Keras's numbers.
+    # is all padding in every sample (a time step padded in the whole batch) has no
+    # batch statistics. Keras's layer divides 0 by 1e-7 and normalizes it with a mean
+    # and variance of 0, which its moving averages then take in: a mask in Keras's
+    # shape gets those numbers. The same mask at the input's rank is keras-bn's own
+    # reading: that channel is normalized with its moving statistics, which stay
+    # (docs/guide/masking.md).
     rng = np.random.default_rng(9)
     x = rng.normal(2.0, 3.0, size=(6, 3, 4)).astype("float32")
     x[:, 1, :] = 0.0
@@ -178,15 +179,20 @@ def test_a_channel_with_nothing_to_count():
     ours, reference = _pair(x.shape, 1, rng, momentum=0.7)
     start = ours.get_weights()
     y, y_keras = (to_numpy(layer(x, training=True, mask=mask)) for layer in (ours, reference))
-    kept = [0, 2]
-    _assert_close(y[:, kept], y_keras[:, kept])
-    for name in STATISTICS:
-        _assert_close(to_numpy(getattr(ours, name))[kept], to_numpy(getattr(reference, name))[kept])
+    _assert_close(y, y_keras)
+    _assert_same_state(ours, reference)
+    _assert_close(y_keras[:, 1], np.full((6, 4), start[1][1]))  # Keras's: (0 - 0) / sqrt(0 + eps) + beta
+    _assert_close(to_numpy(reference.moving_variance)[1], 0.7 * start[3][1])
+
+    own = ManualBatchNorm(axis=1, momentum=0.7)
+    own.build(x.shape)
+    own.set_weights(start)
+    y = to_numpy(own(x, training=True, mask=mask[:, :, None]))  # the input's rank
     gamma, beta, moving_mean, moving_variance = (w[1] for w in start)
     _assert_close(y[:, 1], (0.0 - moving_mean) / np.sqrt(moving_variance + 1e-3) * gamma + beta)
-    _assert_close(to_numpy(ours.moving_variance)[1], moving_variance, tol=0)
-    _assert_close(y_keras[:, 1], np.full((6, 4), beta))  # Keras's: (0 - 0) / sqrt(0 + eps)
-    _assert_close(to_numpy(reference.moving_variance)[1], 0.7 * moving_variance)
+    _assert_close(to_numpy(own.moving_variance)[1], moving_variance, tol=0)
+    kept = [0, 2]
+    _assert_close(y[:, kept], y_keras[:, kept])
 
 
 def test_numeric_mask_counts_where_not_zero():
@@ -357,14 +363,7 @@ def test_keras_correctness(layer_class, axis, input_shape, moving_mean_initializ
     np.testing.assert_allclose(to_numpy(unmasked_out), to_numpy(masked_out), atol=1e-6, rtol=1e-6)
     # Masked result should differ from unmasked result.
     masked_out = layer(keras.layers.Masking()(x), training=True)
-    if layer_class is ManualBatchNorm and axis == 1:
-        # Deliberately not Keras's (test_a_channel_with_nothing_to_count below): with
-        # axis=1 the mask leaves channel 1 nothing, and ours normalizes it with its
-        # moving statistics where Keras's uses a mean and variance of 0. The other
-        # channels' batch statistics are their moving ones (momentum 0, same data).
-        np.testing.assert_allclose(to_numpy(masked_out), to_numpy(unmasked_out), atol=1e-5, rtol=1e-5)
-    else:
-        assert not np.allclose(to_numpy(unmasked_out), to_numpy(masked_out), atol=1e-6, rtol=1e-6)
+    assert not np.allclose(to_numpy(unmasked_out), to_numpy(masked_out), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("synchronized", [False, True])
