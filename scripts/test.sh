@@ -29,7 +29,7 @@ echo "KERAS_BN_MNIST_DIR=${KERAS_BN_MNIST_DIR:-<unset: MNIST tests will be skipp
 
 export TF_CPP_MIN_LOG_LEVEL=2
 # Tests that run on every backend (the layer and its maths).
-BACKEND_TESTS=(tests/test_batch_norm.py tests/test_keras_mask.py tests/test_plain_call.py tests/test_batch_norm_options.py tests/test_option_matrix.py tests/test_gradient.py tests/test_folding.py tests/test_convert.py tests/test_real_models.py tests/test_graph.py tests/test_frozen.py tests/test_native.py tests/test_porting.py tests/test_batch_norm_properties.py tests/test_training.py tests/test_recalibrate.py tests/test_layer_statistics.py tests/test_models_layout.py tests/test_custom_layers.py)
+BACKEND_TESTS=(tests/test_batch_norm.py tests/test_keras_mask.py tests/test_plain_call.py tests/test_batch_norm_options.py tests/test_option_matrix.py tests/test_gradient.py tests/test_folding.py tests/test_convert.py tests/test_real_models.py tests/test_graph.py tests/test_frozen.py tests/test_native.py tests/test_porting.py tests/test_batch_norm_properties.py tests/test_training.py tests/test_recalibrate.py tests/test_layer_statistics.py tests/test_models_layout.py tests/test_custom_layers.py tests/test_keras_own_tests.py)
 
 echo "== full suite, TensorFlow backend"
 KERAS_BACKEND=tensorflow "$PY" -m pytest -q -rs --doctest-modules keras_bn tests
