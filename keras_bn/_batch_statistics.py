@@ -15,7 +15,7 @@ import weakref
 
 import keras
 
-from keras_bn import _graph
+from keras_bn import _graph, _keras_compat
 import numpy as np
 
 # What a training-mode call with momentum 0 leaves in these variables is the
@@ -160,17 +160,17 @@ def _call_in_inference(call, inputs, *args, training=None, **kwargs):
 @contextlib.contextmanager
 def _dropout_in_inference(layers):
     """Holds each layer of `layers` in inference mode inside the block (its `call` ignores `training`)."""
-    held = []
+    undo = []
     try:
         for layer in layers:
             # An instance attribute shadows the class's `call`; `Layer.__call__`
             # finds it on every backend, and a trace sees the identity.
-            layer.call = functools.partial(_call_in_inference, type(layer).call.__get__(layer))
-            held.append(layer)
+            call = functools.partial(_call_in_inference, type(layer).call.__get__(layer))
+            undo.append(_keras_compat.patch_instance(layer, "call", call))
         yield
     finally:
-        for layer in held:
-            del layer.call
+        for restore in reversed(undo):
+            restore()
 
 
 def training_passes(dropout_layers):

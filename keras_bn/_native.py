@@ -36,6 +36,8 @@ import math
 
 import keras
 
+from keras_bn import _keras_compat
+
 #: The smallest epsilon cuDNN accepts (CUDNN_BN_MIN_EPSILON is 1e-5; TensorFlow
 #: raises anything below 1.001e-5 to that): below it the kernels would not
 #: compute the layer's formula.
@@ -91,7 +93,7 @@ def call_obstacles(layer, x, *, training, mask, all_reduce):
         reasons.append("a mask")
     if training and all_reduce is not None:
         reasons.append("synchronized=True across more than one replica")
-    if training and backend == "tensorflow" and _in_xla():
+    if training and backend == "tensorflow" and _keras_compat.tensorflow_in_xla():
         reasons.append(
             "training under XLA (jit_compile=True), which computes the kernel's variance "
             "as E[x^2] - E[x]^2"
@@ -137,20 +139,6 @@ def refusal(reasons):
         f"cannot use with: {'; '.join(reasons)}. Use fused=None to fall back to the "
         "hand-written path where needed (docs/guide/native.md lists the options)."
     )
-
-
-def _in_xla():
-    """Returns whether TensorFlow is tracing for XLA (`jit_compile=True`); `True` when unknown."""
-    import tensorflow as tf
-
-    if tf.executing_eagerly():
-        return False
-    try:  # No public API tells; this is what tf.keras's own layers ask.
-        from tensorflow.python.framework import ops as tf_ops
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - a TensorFlow that moved it: stay exact.
-        return True
-    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 
 def biased(variance, count):

@@ -36,18 +36,7 @@ import math
 import keras
 import torch
 
-from keras_bn import _gradient, _native
-
-try:  # No public API tells whether a `keras.StatelessScope` is open; Keras keeps it here.
-    from keras.src.backend.common.global_state import get_global_attribute
-except ImportError:  # pragma: no cover - a Keras that moved it: always take Keras's own call.
-    get_global_attribute = None
-
-
-def _stateless_scope_open():
-    """Returns whether a `keras.StatelessScope` is open; `True` where Keras no longer tells."""
-    return get_global_attribute is None or get_global_attribute("stateless_scope") is not None
-
+from keras_bn import _gradient, _keras_compat, _native
 
 def plain_call(layer, args, kwargs):
     """Returns `layer(*args, **kwargs)` without Keras's per-call work, or `None` where that work matters.
@@ -69,16 +58,16 @@ def plain_call(layer, args, kwargs):
     shape = layer._broadcast_shape
     if (
         not isinstance(x, torch.Tensor)
-        or getattr(x, "_keras_mask", None) is not None
+        or _keras_compat.keras_mask(x) is not None
         or str(x.dtype) != "torch." + layer.input_dtype
         or x.dim() != len(shape)
         or any(x.shape[a] != shape[a] for a in layer._channel_axes_resolved)
     ):
         return None
     if (
-        _stateless_scope_open()
+        _keras_compat.stateless_scope_open()
         or keras.distribution.distribution() is not None
-        or getattr(layer, "_remat_mode", None) is not None
+        or _keras_compat.remat_mode(layer) is not None
         or layer.activity_regularizer is not None
     ):
         return None
@@ -273,7 +262,7 @@ def _update(layer, batch, factor):
         weights = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
         new = torch.addcmul(current * momentum, batch, weights)
         new = torch.where(torch.isfinite(batch), new, current)
-        if not _stateless_scope_open():
+        if not _keras_compat.stateless_scope_open():
             for value, new_value in zip(values, new):  # what `assign` does, without its checks
                 value.copy_(new_value.reshape(value.shape))
         else:  # a stateless call records the new values in its scope

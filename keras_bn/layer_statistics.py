@@ -10,7 +10,7 @@ chance).
 import keras
 import numpy as np
 
-from keras_bn import _graph
+from keras_bn import _graph, _keras_compat
 from keras_bn.recalibrate import _no_grad, _saved_state
 
 __all__ = ["LayerStatistics"]
@@ -248,12 +248,8 @@ class LayerStatistics(keras.callbacks.Callback):
         for layer, x in zip(self.input_layers, outputs):
             if not isinstance(layer, keras.layers.Activation):
                 # The layer's own computation without its activation.
-                activation = layer.activation
-                layer.activation = keras.activations.linear
-                try:
+                with _keras_compat.patched(layer, "activation", keras.activations.linear):
                     x = layer(x, training=False)
-                finally:
-                    layer.activation = activation
             results.append(np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64))
         return results
 
@@ -293,7 +289,7 @@ class LayerStatistics(keras.callbacks.Callback):
                 self._store(_norms(chosen))
             return original(grads, trainable_variables)
 
-        optimizer.apply = apply
+        self._unwrap = _keras_compat.patch_instance(optimizer, "apply", apply)
         self._optimizer = optimizer
 
     def _store(self, norms):
@@ -354,7 +350,7 @@ class LayerStatistics(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._optimizer is not None:
-            del self._optimizer.apply  # the class's own method again
+            self._unwrap()  # the class's own method again
             self._optimizer = None
             # The next fit traces a step without the wrapper.
             self.model.train_function = None

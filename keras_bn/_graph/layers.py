@@ -4,6 +4,7 @@ import contextlib
 
 import keras
 
+from keras_bn import _keras_compat
 from keras_bn.batch_norm import ManualBatchNorm
 
 #: The batch-norm layers that keras-bn's tools act on.
@@ -19,11 +20,7 @@ def is_graph_model(layer):
     """Returns whether `layer` is a Sequential or Functional model (a Functional subclass included)."""
     if isinstance(layer, keras.Sequential):
         return True
-    # Functional is not a public name; a Functional subclass has it in its MRO
-    # (Keras injects it into keras-hub's backbones and tasks).
-    return isinstance(layer, keras.Model) and any(
-        cls.__name__ == "Functional" and cls.__module__.startswith("keras") for cls in type(layer).__mro__
-    )
+    return isinstance(layer, keras.Model) and _keras_compat.is_functional(layer)
 
 
 def check_model(model, caller):
@@ -59,13 +56,8 @@ def sublayers(layer, prefix=""):
 
 
 def _children(layer):
-    """Returns the layers directly inside `layer`.
-
-    Keras tracks a layer's sub-layers as it assigns them (attributes, lists
-    and dicts of layers alike); on PyTorch they are not in the instance's
-    `__dict__`, so the tracker's list is what every backend shares.
-    """
-    return layer.layers if is_graph_model(layer) else getattr(layer, "_layers", [])
+    """Returns the layers directly inside `layer`: a graph model's `layers`, else those Keras tracks."""
+    return layer.layers if is_graph_model(layer) else _keras_compat.tracked_layers(layer)
 
 
 def graph_layers(model, prefix=""):

@@ -5,6 +5,7 @@ import inspect
 
 import keras
 
+from keras_bn import _keras_compat
 from keras_bn._graph import inline
 from keras_bn._graph.layers import global_policy, is_graph_model, set_weights_by_name, sublayers
 from keras_bn._graph.reach import check_custom_layers, refuse_subclassed, refuse_unreached, unreached
@@ -24,7 +25,7 @@ def clone_layer(layer, path):
         # Its config holds the function as bytecode, which Keras refuses to load
         # by default; the function object itself is at hand.
         return keras.layers.Lambda(
-            layer.function, output_shape=getattr(layer, "_output_shape", None), mask=layer.mask,
+            layer.function, output_shape=_keras_compat.lambda_output_shape(layer), mask=layer.mask,
             arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy,
         )
     try:

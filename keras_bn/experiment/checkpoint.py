@@ -10,12 +10,8 @@ import zipfile
 
 import keras
 
+from keras_bn import _keras_compat
 from keras_bn.experiment.interrupt import TrainingInterrupted
-
-try:  # Keras's global state, where `saving_lib.get_attr_skipset` keeps what it computed.
-    from keras.src.backend.common import global_state
-except ImportError:  # pragma: no cover - a Keras that moved it: saves stay as fast as Keras's.
-    global_state = None
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "RunCheckpoint", "atomic_write",
            "read_checkpoint", "remove_partial_writes"]
@@ -98,23 +94,6 @@ def _build_optimizer(model):
         model.optimizer.build(model.trainable_variables)
 
 
-def _reuse_keras_skipsets():
-    """Lets Keras's `save_weights` reuse the attribute sets it computed at an earlier save.
-
-    Keras 3.15's `saving_lib.get_attr_skipset` stores each set under
-    `saving_attr_skipset_<kind>` but looks it up under `saving_attr_skiplist_<kind>`,
-    so every save builds the sets again from throwaway layers and optimizers: 35 of
-    a checkpoint's 86 ms on the notebook's network. This files each stored set
-    under the name Keras reads. The sets are Keras's own, the same at every save.
-    """
-    if global_state is None:
-        return
-    for kind in ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss"):
-        stored = global_state.get_global_attribute(f"saving_attr_skipset_{kind}")
-        if stored is not None and global_state.get_global_attribute(f"saving_attr_skiplist_{kind}") is None:
-            global_state.set_global_attribute(f"saving_attr_skiplist_{kind}", stored)
-
-
 def _digest(data):
     """Returns the hex digest that ties a checkpoint's state to the weights saved with it."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -127,7 +106,7 @@ def _save(path, model, state):
     reader can tell that both come from this one save.
     """
     _build_optimizer(model)
-    _reuse_keras_skipsets()
+    _keras_compat.reuse_saving_skipsets()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         weights = os.path.join(scratch, "model.weights.h5")
