@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from keras_bn.datasets import load_mnist  # noqa: E402
-from keras_bn.feeder import BatchFeeder  # noqa: E402
+from keras_bn.notebook.feeder import BatchFeeder  # noqa: E402
+from keras_bn.notebook.mnist import load_mnist  # noqa: E402
 
 tf1 = tf.compat.v1
 

@@ -41,7 +41,7 @@ The notebook's pieces:
   optimizer and loss.
 - [`load_mnist`][keras_bn.load_mnist], [`MNIST`][keras_bn.MNIST] and
   [`DataSplit`][keras_bn.DataSplit]: the real MNIST, split as the notebook split it;
-  [`read_idx`][keras_bn.read_idx] reads one IDX file; [`MNISTError`][keras_bn.datasets.MNISTError] and its
+  [`read_idx`][keras_bn.read_idx] reads one IDX file; [`MNISTError`][keras_bn.notebook.MNISTError] and its
   subclasses say what is missing or wrong.
 - [`BatchFeeder`][keras_bn.BatchFeeder]: the notebook's `next_batch`, a seeded,
   resumable batch order.
@@ -59,14 +59,20 @@ The experiment harness, in `keras_bn.experiment`:
 __version__ = "0.1.0"
 
 from keras_bn.batch_norm import ManualBatchNorm
-from keras_bn.callbacks import NotebookLogger
-from keras_bn.datasets import MNIST, DataSplit, load_mnist, read_idx
-from keras_bn.feeder import BatchFeeder
 from keras_bn.convert import convert_batch_norm
 from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
 from keras_bn.frozen import FrozenBatchNorm, freeze_batch_norm, unfreeze_batch_norm
 from keras_bn.layer_statistics import LayerStatistics
-from keras_bn.models import compile_like_notebook, deep_mnist_model
+from keras_bn.notebook import (
+    MNIST,
+    BatchFeeder,
+    DataSplit,
+    NotebookLogger,
+    compile_like_notebook,
+    deep_mnist_model,
+    load_mnist,
+    read_idx,
+)
 from keras_bn.porting import from_torch_state_dict, load_torch_state_dict, to_torch_state_dict
 from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
 
@@ -105,10 +111,10 @@ _MOVED = {
     "CheckpointMismatchError": "keras_bn.experiment",
     "StopOnSignal": "keras_bn.experiment",
     "TrainingInterrupted": "keras_bn.experiment",
-    "MNISTError": "keras_bn.datasets",
-    "MNISTNotFoundError": "keras_bn.datasets",
-    "MNISTFormatError": "keras_bn.datasets",
-    "MNISTDownloadError": "keras_bn.datasets",
+    "MNISTError": "keras_bn.notebook",
+    "MNISTNotFoundError": "keras_bn.notebook",
+    "MNISTFormatError": "keras_bn.notebook",
+    "MNISTDownloadError": "keras_bn.notebook",
 }
 
 

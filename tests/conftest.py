@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 # Spelled out rather than imported, so that collecting tests never depends on keras_bn
-# importing cleanly. keras_bn.datasets.MNIST_DIR_ENV holds the same name.
+# importing cleanly. keras_bn.notebook.MNIST_DIR_ENV holds the same name.
 MNIST_DIR_ENV = "KERAS_BN_MNIST_DIR"
 _SHARED_MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "mnist"
 

@@ -1,4 +1,4 @@
-"""Tests for keras_bn.callbacks.NotebookLogger: cadence, messages, inference mode, history."""
+"""Tests for keras_bn.notebook.logger.NotebookLogger: cadence, messages, inference mode, history."""
 
 import json
 import re
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import keras
-from keras_bn.callbacks import NotebookLogger, argmax_accuracy, sigmoid_cross_entropy
-from keras_bn.feeder import BatchFeeder
-from keras_bn.models import compile_like_notebook
+from keras_bn.notebook.feeder import BatchFeeder
+from keras_bn.notebook.logger import NotebookLogger, argmax_accuracy, sigmoid_cross_entropy
+from keras_bn.notebook.model import compile_like_notebook
 
 
 def _naive_sigmoid_ce(logits, labels):

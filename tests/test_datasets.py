@@ -1,4 +1,4 @@
-"""Tests for keras_bn.datasets: the MNIST loader, on tiny hand-made files and on the real ones."""
+"""Tests for keras_bn.notebook's MNIST loader (`mnist`, `idx`): the MNIST loader, on tiny hand-made files and on the real ones."""
 
 import gzip
 import hashlib
@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from keras_bn.datasets import (
+from keras_bn.notebook import (
     MNIST,
     MNIST_DIR_ENV,
     DataSplit,
@@ -625,10 +625,10 @@ def test_real_mnist_from_env_var(monkeypatch, mnist_dir):
                                   "MNISTDownloadError"])
 def test_the_error_classes_left_the_top_level_with_a_deprecation_path(name):
     import keras_bn
-    import keras_bn.datasets
+    import keras_bn.notebook
 
     assert name not in keras_bn.__all__
-    assert name in keras_bn.datasets.__all__
-    with pytest.warns(DeprecationWarning, match=rf"`keras_bn.{name}` moved to `keras_bn.datasets.{name}`"):
+    assert name in keras_bn.notebook.__all__
+    with pytest.warns(DeprecationWarning, match=rf"`keras_bn.{name}` moved to `keras_bn.notebook.{name}`"):
         moved = getattr(keras_bn, name)
-    assert moved is getattr(keras_bn.datasets, name)
+    assert moved is getattr(keras_bn.notebook, name)

@@ -1,4 +1,4 @@
-"""Tests for keras_bn.feeder.BatchFeeder against TensorFlow 1's `DataSet.next_batch`."""
+"""Tests for keras_bn.notebook.feeder.BatchFeeder against TensorFlow 1's `DataSet.next_batch`."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras
-from keras_bn.feeder import BatchFeeder
+from keras_bn.notebook.feeder import BatchFeeder
 
 
 class ReferenceDataSet:

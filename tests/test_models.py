@@ -1,4 +1,4 @@
-"""Tests for keras_bn.models: the notebook's deep MNIST network and its training setup."""
+"""Tests for keras_bn.notebook.model: the notebook's deep MNIST network and its training setup."""
 
 import functools
 
@@ -7,7 +7,7 @@ import pytest
 
 import keras
 from keras_bn.batch_norm import ManualBatchNorm
-from keras_bn.models import NUM_CONV_LAYERS, compile_like_notebook, deep_mnist_model
+from keras_bn.notebook.model import NUM_CONV_LAYERS, compile_like_notebook, deep_mnist_model
 
 # (bn argument, expected normalization class or None)
 BN_CASES = [

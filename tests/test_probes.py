@@ -14,7 +14,7 @@ from keras_bn.experiment import RunConfig, format_summary, run_experiment
 from keras_bn.experiment.cli import build_parser, main
 from keras_bn.experiment.probes import merge_statistics
 from keras_bn.experiment.run import Run
-from keras_bn.feeder import BatchFeeder
+from keras_bn.notebook.feeder import BatchFeeder
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "results.schema.json").read_text(encoding="utf-8"))

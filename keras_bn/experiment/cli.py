@@ -124,7 +124,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     settings = vars(parser.parse_args(argv))
-    from keras_bn.datasets import MNISTError
+    from keras_bn.notebook import MNISTError
     from keras_bn.experiment import (CheckpointError, CheckpointMismatchError, ExperimentError,
                                      RunFolderBusy, TrainingInterrupted, run_experiment)
     from keras_bn.experiment.interrupt import signal_name

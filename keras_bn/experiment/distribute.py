@@ -13,7 +13,7 @@ import os
 import keras
 
 from keras_bn.batch_norm import ManualBatchNorm
-from keras_bn.callbacks import NotebookLogger
+from keras_bn.notebook.logger import NotebookLogger
 from keras_bn.experiment.config import ExperimentError
 
 __all__ = ["check_batch_size", "is_chief", "logger_class", "norm_layer", "strategy",

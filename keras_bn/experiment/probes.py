@@ -10,7 +10,7 @@ import time
 
 import keras
 
-from keras_bn.feeder import BatchFeeder
+from keras_bn.notebook.feeder import BatchFeeder
 from keras_bn.layer_statistics import LayerStatistics
 from keras_bn.recalibrate import RecalibrateBatchNorm, batch_norm_layers
 

@@ -15,8 +15,8 @@ from keras_bn.experiment.interrupt import StopOnSignal
 from keras_bn.experiment.probes import RecalibratedScores, merge_statistics, probe_statistics
 from keras_bn.experiment.progress import RunProgress
 from keras_bn.experiment.training import fit_batches
-from keras_bn.feeder import BatchFeeder
-from keras_bn.models import compile_like_notebook, deep_mnist_model
+from keras_bn.notebook.feeder import BatchFeeder
+from keras_bn.notebook.model import compile_like_notebook, deep_mnist_model
 
 __all__ = ["Data", "Run", "prepare_data"]
 

@@ -148,7 +148,7 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, wa
         distribute.check_batch_size(distribute.strategy(config.distribute), config.batch_size)
     folder = None if out_dir is None or not chief else run_folder(out_dir, config)
     if data is None:
-        from keras_bn.datasets import load_mnist
+        from keras_bn.notebook.mnist import load_mnist
 
         data = load_mnist(data_dir)
     data = prepare_data(data)

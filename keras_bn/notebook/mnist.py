@@ -148,7 +148,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     >>> import os, tempfile
     >>> import numpy as np
-    >>> from keras_bn.datasets import read_idx
+    >>> from keras_bn.notebook import read_idx
     >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
     >>> with open(path, "wb") as f:
     ...     _ = f.write(bytes([0, 0, 0x08, 1]) + (3).to_bytes(4, "big") + bytes([7, 2, 1]))
@@ -221,7 +221,7 @@ def load_mnist(
 
     >>> import gzip, os, shutil, tempfile
     >>> import numpy as np
-    >>> from keras_bn.datasets import load_mnist
+    >>> from keras_bn.notebook import load_mnist
     >>> def write_idx(path, array):
     ...     header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
     ...     with gzip.open(path, "wb") as f:

@@ -158,8 +158,8 @@ class NotebookLogger(keras.callbacks.Callback):
     Example:
 
     >>> import numpy as np
-    >>> from keras_bn.feeder import BatchFeeder
-    >>> from keras_bn.models import compile_like_notebook, deep_mnist_model
+    >>> from keras_bn.notebook.feeder import BatchFeeder
+    >>> from keras_bn.notebook.model import compile_like_notebook, deep_mnist_model
     >>> rng = np.random.default_rng(0)
     >>> x = rng.random((64, 28, 28, 1), dtype="float32")
     >>> y = np.eye(10, dtype="float32")[rng.integers(0, 10, 64)]
