@@ -1,4 +1,4 @@
-"""The tools on real models: what fold_batch_norm, convert_batch_norm and recalibrate_batch_norm do to each.
+"""The tools on real models: what fold, convert, freeze and recalibrate do to each, and their errors per backend.
 
 Usage, from the repository root (no download: random weights):
 
@@ -7,21 +7,27 @@ Usage, from the repository root (no download: random weights):
 
 Each backend runs in its own process (Keras picks its backend once per process),
 over the test bed of tests/zoo.py: every keras.applications family with batch
-normalization and every keras-hub vision backbone with it, plus a keras-hub
-image classifier, built at 32 to 75 pixels. For each model it prints:
+normalization, every keras-hub model with it that builds from arguments
+(backbones, an image classifier, a segmenter, a detector) and hand-written
+blocks, built at 16 to 75 pixels. It prints two tables. The first, what the
+tools decided, a row a model:
 
 - found: the batch norms in the model at any depth (counted by tests/zoo.py,
   not by keras-bn);
-- folded / kept: what `fold_batch_norm` did, with the reasons of the kept
-  ones grouped;
-- fold error: the largest difference of the folded model's inference outputs
-  from the model's, relative to the outputs' scale, on 2 samples;
-- converted: the batch norms `convert_batch_norm` turned into `ManualBatchNorm`
-  (with `custom_layers="keep"` where some sit inside custom blocks), and its
-  error in inference;
+- folded / kept: what `fold_batch_norm` did, and under "kept because" the
+  reasons of the kept ones, grouped and shortened to the layer before
+  ("Concatenate") or the kind ("custom block");
+- converted: the batch norms `convert_batch_norm` turned into `ManualBatchNorm`,
+  with `custom_layers="keep"` where some sit inside custom blocks;
+- frozen: the `FrozenBatchNorm` layers after
+  `freeze_batch_norm(model, custom_layers="keep")`;
 - recalibrated: the batch norms whose statistics `recalibrate_batch_norm`
-  replaced;
-- errors: any exception, by tool.
+  replaced.
+
+A tool that raises shows "refused" there, and a list under the table gives
+the gist of each error. The second table gives, per backend, the largest
+differences of the folded and the converted model's inference outputs from
+the model's, relative to the outputs' scale, on 2 samples.
 
 A script, not a test: it asserts nothing. The docs page "On real models" shows
 its output.
@@ -41,21 +47,44 @@ BACKENDS = ("tensorflow", "jax", "torch")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# Short labels of FoldReport reasons: (words in the reason, label). The first
+# match wins; "cannot absorb" reasons are labelled by the layer before.
+_REASONS = (
+    # Inside a custom layer that the walker cannot turn into a graph, by why.
+    ("other steps in training than in inference", "training branch"),
+    ("training=", "training forced"),
+    ("state of its own", "own weights"),
+    ("positional arguments", "several inputs"),
+    ("tensors by keyword", "tensor keywords"),
+    ("called with a mask", "mask"),
+    ("never built", "unbuilt"),
+    ("does not run on symbolic tensors", "not symbolic"),
+    ("does not run where its call() does", "graph fails"),
+    ("does not compute what its call() computes", "graph differs"),
+    ("cannot turn into a graph", "custom block"),
+    ("cannot see", "custom block"),
+    ("also goes to", "output shared"),
+    ("applies the activation", "activation"),
+    ("input of the model", "model input"),
+    ("outside the model", "model input"),
+    ("places", "shared layer"),
+    ("not the channel axis", "other axis"),
+    ("subclass whose call()", "subclass"),
+    ("LoRA", "LoRA"),
+    ("quantized", "quantized"),
+)
+
+
 def _reason_kind(why):
-    """Returns a short label for a FoldReport reason (paths and numbers removed)."""
-    why = re.sub(r"'[^']*'", "X", why)
-    if "cannot see" in why:
-        return "inside a custom block"
-    if "cannot absorb" in why:
-        kind = re.search(r"\((\w+)\)", why)
-        return f"after {kind.group(1) if kind else 'a layer'}"
-    if "also goes to" in why:
-        return "producer has other consumers"
-    if "activation" in why:
-        return "after an activation"
-    if "input of the model" in why or "outside the model" in why:
-        return "input of a (nested) model"
-    return why
+    """Returns a short label for a FoldReport reason: the layer before ("Concatenate", "pooling") or the kind ("custom block")."""
+    why = why.split("; nor forward")[0]
+    absorb = re.search(r"\((\w+)\), which cannot absorb", why)
+    if absorb:
+        return "pooling" if "Pool" in absorb.group(1) else absorb.group(1)
+    for words, label in _REASONS:
+        if words in why:
+            return label
+    return " ".join(re.sub(r"'[^']*'", "X", why).split()[:4])
 
 
 def _relative(a, b):
@@ -70,11 +99,24 @@ def _relative(a, b):
     return worst
 
 
+def _first_sentence(error):
+    """Returns the first sentence of an exception's message, with its type."""
+    return f"{type(error).__name__}: {str(error).split('. ')[0]}"
+
+
 def _one_model(name):
     """Runs every tool on the zoo model `name`; returns a dict of what happened."""
     import keras
     import zoo
-    from keras_bn import ManualBatchNorm, convert_batch_norm, fold_batch_norm, recalibrate_batch_norm
+
+    from keras_bn import (
+        FrozenBatchNorm,
+        ManualBatchNorm,
+        convert_batch_norm,
+        fold_batch_norm,
+        freeze_batch_norm,
+        recalibrate_batch_norm,
+    )
 
     row = {"model": name, "errors": {}}
     start = time.perf_counter()
@@ -86,23 +128,28 @@ def _one_model(name):
     try:
         folded, report = fold_batch_norm(model, return_report=True)
         row["folded"], row["kept"] = len(report.folded), len(report.kept)
-        row["kept_why"] = dict(collections.Counter(_reason_kind(why) for why in report.kept.values()))
+        row["kept_why"] = list(report.kept.values())
         row["fold_error"] = _relative(folded(x, training=False), expected)
     except (ValueError, TypeError) as error:
-        row["errors"]["fold"] = str(error).split(". ")[0]
+        row["errors"]["fold"] = _first_sentence(error)
     try:
         converted = convert_batch_norm(model, custom_layers="keep")
         row["converted"] = len(zoo.batch_norm_layers(converted, ManualBatchNorm))
         row["convert_error"] = _relative(converted(x, training=False), expected)
     except (ValueError, TypeError) as error:
-        row["errors"]["convert"] = str(error).split(". ")[0]
+        row["errors"]["convert"] = _first_sentence(error)
+    try:
+        frozen = freeze_batch_norm(model, custom_layers="keep")
+        row["frozen"] = len(zoo.batch_norm_layers(frozen, FrozenBatchNorm))
+    except (ValueError, TypeError) as error:
+        row["errors"]["freeze"] = _first_sentence(error)
     before = [keras.ops.convert_to_numpy(layer.moving_mean).copy() for layer in zoo.batch_norm_layers(model)]
     try:
         recalibrate_batch_norm(model, x, batch_size=2)
         after = [keras.ops.convert_to_numpy(layer.moving_mean) for layer in zoo.batch_norm_layers(model)]
         row["recalibrated"] = sum(not (a == b).all() for a, b in zip(after, before))
     except (ValueError, TypeError) as error:
-        row["errors"]["recalibrate"] = str(error).split(". ")[0]
+        row["errors"]["recalibrate"] = _first_sentence(error)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -113,71 +160,147 @@ def _child(args):
     import keras
     import zoo
 
-    names = [n for n in zoo.MODELS if not args.models or any(n.endswith(m) for m in args.models.split(","))]
+    every = {**zoo.APPLICATIONS, **zoo.KERAS_HUB, **zoo.HANDWRITTEN}
+    names = [n for n in every if not args.models or any(n.endswith(m) for m in args.models.split(","))]
     with open(args.json, "w") as out:
+        # In the zoo's order, the models that do not build on this backend included.
         for name in names:
-            row = _one_model(name)
+            if name in zoo.BACKEND_FAILURES:
+                row = {"model": name, "errors": {"build": zoo.BACKEND_FAILURES[name]}, "seconds": 0.0}
+            else:
+                row = _one_model(name)
             out.write(json.dumps(row) + "\n")
             out.flush()
             print(f"  {keras.backend.backend()}: {name} ({row['seconds']} s)", file=sys.stderr)
-        for name, error in zoo.BACKEND_FAILURES.items():
-            out.write(json.dumps({"model": name, "errors": {"build": error}}) + "\n")
 
 
-def _short(error):
-    """Returns the gist of a refusal: which layer cannot be rebuilt, or the error's first sentence."""
-    rebuilt = re.search(r"of type (\w+) cannot be rebuilt", error)
-    return f"refused: {rebuilt.group(1)} cannot be rebuilt from its config" if rebuilt else error
+# The gist of a tool's error: (pattern, text from the match). The first match wins.
+_GISTS = (
+    (r"of type (\w+) cannot be rebuilt", "keras-hub's {0} cannot be rebuilt from its config"),
+    (r"Layer '([^']*)' has (\d+) weights but its rebuilt copy has (\d+)",
+     "its layer '{0}' rebuilt from its config has {2} weights, not {1}"),
+    (r"task '[^']*' \((\w+)\) cannot be rebuilt around its new backbone",
+     "{0} cannot be rebuilt around the new backbone"),
+    (r"only supported for Sequential models or Functional models",
+     "keras.models.clone_model takes no clone_function for a subclassed model"),
+    (r"does not build|not available with the torch backend", "does not build"),
+)
+# Where the zoo's names start, and the group each prefix heads in the tables.
+_GROUPS = (("keras.applications.", "keras.applications"), ("keras_hub.", "keras-hub"), ("handwritten.", "hand-written"))
 
 
-def _cell(row):
-    """Returns `folded / kept`, the conversions and errors of one row, as table text."""
+def _gist(error):
+    """Returns the gist of a tool's error in a few words, or its first sentence."""
+    for pattern, text in _GISTS:
+        match = re.search(pattern, error)
+        if match:
+            return text.format(*match.groups())
+    return error
+
+
+def _short_name(model):
+    """Returns the zoo name without its group's prefix: "DenseNet121", "ResNetBackbone(v1)"."""
+    for prefix, _ in _GROUPS:
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    return model
+
+
+def _decided(row):
+    """Returns the cells of one backend's row in the first table: found, folded / kept, converted, frozen, recalibrated, kept because."""
     if "build" in row["errors"]:
-        return "does not build", "", "", ""
-    errors = {tool: _short(error) for tool, error in row["errors"].items()}
-    fold = errors.get("fold") or f"{row['folded']} / {row['kept']}"
-    convert = errors.get("convert") or f"{row['converted']} ({row['convert_error']:.0e})"
-    recal = errors.get("recalibrate") or f"{row.get('recalibrated', 0)}"
-    why = ", ".join(f"{n} {k}" for k, n in sorted(row.get("kept_why", {}).items(), key=lambda kv: -kv[1]))
-    return fold, convert, recal, why
+        return None
+    refused = {tool: "refused" for tool in row["errors"]}
+    kinds = collections.Counter(_reason_kind(why) for why in row.get("kept_why", []))
+    kept = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    return (
+        str(row["found"]),
+        refused.get("fold") or f"{row['folded']} / {row['kept']}",
+        refused.get("convert") or str(row["converted"]),
+        refused.get("freeze") or str(row["frozen"]),
+        refused.get("recalibrate") or str(row["recalibrated"]),
+        ", ".join(f"{n} {kind}" for kind, n in kept),
+    )
+
+
+def _errors(row):
+    """Returns the second table's cell of one backend's row: fold / convert error, "refused" or "does not build"."""
+    if row is None:
+        return "not run"
+    if "build" in row["errors"]:
+        return "does not build"
+    fold = f"{row['fold_error']:.0e}" if "fold_error" in row else "refused"
+    convert = f"{row['convert_error']:.0e}" if "convert_error" in row else "refused"
+    return f"{fold} / {convert}"
+
+
+def _table(head, rows):
+    """Returns a markdown table of `head` and `rows` (lists of cells); a row of one cell is a group's bold heading.
+
+    The table sits in the docs' compact style (docs/stylesheets/extra.css),
+    which keeps its columns as narrow as their text.
+    """
+    lines = ['<div class="compact-table" markdown>', "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cells in rows:
+        if len(cells) == 1:
+            cells = [f"**{cells[0]}**"] + [""] * (len(head) - 1)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "</div>"])
+
+
+def _grouped(by_model, cells_of):
+    """Returns the rows `cells_of(model, rows)` of every model, each group of the zoo under its heading."""
+    out, group = [], None
+    for model, rows in by_model.items():
+        heading = next((g for prefix, g in _GROUPS if model.startswith(prefix)), None)
+        if heading != group:
+            out.append([heading or "other"])
+            group = heading
+        out.append([_short_name(model)] + cells_of(model, rows))
+    return out
 
 
 def render(results):
-    """Returns one markdown table of `{backend: [row, ...]}`: a row a model, the errors per backend.
+    """Returns the markdown of `{backend: [row, ...]}`: what the tools decided, their refusals, the errors per backend.
 
-    What a tool decides (found, folded, kept, converted, recalibrated) is the
-    same on every backend, or the cell says how it differs; the numbers are the
-    largest output differences, fold and conversion, per backend.
+    What a tool decides is the same on every backend, or its cell joins the
+    answers with "or". Refusals are listed under the first table, one line a
+    model, so that no row grows tall; the second table has a column a backend.
     """
     backends = list(results)
     by_model = collections.defaultdict(dict)
     for backend, rows in results.items():
         for row in rows:
             by_model[row["model"]][backend] = row
-    head = ["model", "found", "folded / kept", "converted", "recalibrated", "kept because"]
-    head += [f"{b}: fold / convert error" for b in backends]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def decided(model, rows):
+        answers = [cells for cells in map(_decided, rows.values()) if cells is not None]
+        if not answers:
+            return ["does not build"] + [""] * 5
+        return [" or ".join(sorted(set(column))) for column in zip(*answers)]
+
+    def errors(model, rows):
+        return [_errors(rows.get(backend)) for backend in backends]
+
+    refusals = []
     for model, rows in by_model.items():
-        cells = {}
-        for backend, row in rows.items():
-            fold, convert, recal, why = _cell(row)
-            cells.setdefault("found", set()).add(str(row.get("found", "")))
-            cells.setdefault("fold", set()).add(fold)
-            cells.setdefault("convert", set()).add(convert.split(" (")[0])
-            cells.setdefault("recal", set()).add(recal)
-            cells.setdefault("why", set()).add(why)
-        errors = []
-        for backend in backends:
-            row = rows.get(backend)
-            if row is None or "build" in row["errors"]:
-                errors.append("does not build" if row else "not run")
-            elif "fold_error" in row:
-                errors.append(f"{row['fold_error']:.0e} / {row.get('convert_error', float('nan')):.0e}")
-            else:
-                errors.append("refused")
-        joined = [" or ".join(sorted(cells[key] - {"", "does not build"})) for key in ("found", "fold", "convert", "recal", "why")]
-        lines.append("| " + " | ".join([model.replace("keras.applications.", "")] + joined + errors) + " |")
-    return "\n".join(lines)
+        gists = collections.defaultdict(list)
+        for tool in ("fold", "convert", "freeze", "recalibrate"):
+            found = {_gist(row["errors"][tool]) for row in rows.values() if tool in row["errors"]}
+            for gist in sorted(found):
+                gists[gist].append(tool)
+        for gist, tools in gists.items():
+            refusals.append(f"- {_short_name(model)}: {', '.join(tools)} refused: {gist}.")
+        failed = sorted(backend for backend, row in rows.items() if "build" in row["errors"])
+        if failed:
+            refusals.append(f"- {_short_name(model)} does not build on {', '.join(failed)}.")
+    # Soft hyphens let the narrow columns' headers break on the docs page.
+    head = ["model", "found", "folded / kept", "con&shy;verted", "frozen", "recal&shy;ibrated", "kept because"]
+    parts = [_table(head, _grouped(by_model, decided))]
+    if refusals:
+        parts.append("\n".join(refusals))
+    parts.append(_table(["model"] + backends, _grouped(by_model, errors)))
+    return "\n\n".join(parts)
 
 
 def main(argv=None):
