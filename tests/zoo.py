@@ -1,10 +1,16 @@
 """A test bed of real networks with batch normalization, built offline with random weights.
 
-Every family of keras.applications that has batch normalization, and every
-keras-hub vision backbone that has it (inside custom keras-hub layers, nested
-Functional backbones and keras.Sequential heads included), each at the smallest
-size its constructor takes, so that folding, conversion, recalibration and the
-per-layer statistics can be tested on networks nobody here wrote. Nothing is
+Every family of keras.applications that has batch normalization; every
+keras-hub model that has it and builds offline from arguments: its vision
+backbones (batch norms inside custom keras-hub layers, nested Functional
+backbones and keras.Sequential heads included) and one task of each kind that
+has batch norms (an image classifier, an image segmenter, an object detector);
+each at the smallest size its constructor takes. And hand-written models, as
+users write them (``HANDWRITTEN``): custom blocks that keep their sub-layers
+in lists and dicts, branch on ``training`` in Python, hold a weight of their
+own beside a batch norm or nest another custom block, and a subclassed
+keras.Model. So folding, conversion, freezing, recalibration and the per-layer
+statistics can be tested on networks nobody here wrote. Nothing is
 downloaded: keras.applications are built with ``weights=None`` and keras-hub
 models from constructor arguments, never ``from_preset``.
 
@@ -32,11 +38,14 @@ Inputs (``sample_input``):
 - keras-hub models: standard normal, what their image converters produce
   (the task model's preprocessor is not part of its graph: ``model(x)`` does
   not run it, only ``predict``/``fit`` do).
+- hand-written models: standard normal, 16x16 (the subclassed model, which
+  has no Input, at the shape it was built on).
 
 Models, inputs, batch norms and times. BN: keras.layers.BatchNormalization
 layers at any depth; custom: how many of those no Functional or Sequential
-graph lists (``custom_batch_norm_layers``: held by custom keras-hub layers, or
-by Sequentials inside them), which a tool walking only ``model.layers`` misses.
+graph lists (``custom_batch_norm_layers``: held by custom keras-hub layers, by
+Sequentials inside them, by the hand-written blocks or by a subclassed model),
+which a tool walking only ``model.layers`` misses.
 Seconds for ``build`` / one ``model(x, training=False)`` / one
 ``model(x, training=True)`` on 2 samples, eager, first calls, all models in one
 process per backend in this order, on 2 CPU cores shared with other jobs (load
@@ -73,8 +82,19 @@ average 6 to 7 during the runs: read them as upper bounds)::
     keras_hub.ResNetImageClassifier              32   3    0     0.1/0.0/0.0   1.0/0.1/0.0      0.1/0.2/0.2
     keras_hub.ResNetImageClassifier(preprocessor) 32  3    0     0.1/0.0/0.0   0.0/0.0/0.0      0.1/0.2/0.2
     all 29 (28 on torch)                                          29 s          637 s             74 s
+    -- added later, measured in a process of their own (load average 1 to 2):
+    keras_hub.DFineBackbone                      32  42   40     1.2/0.5/0.2  27.4/19.5/1.5     4.9/0.9/1.1
+    keras_hub.DeepLabV3ImageSegmenter            32  16    5     0.2/0.1/0.0   2.4/3.7/0.5      0.4/0.6/0.7
+    keras_hub.RetinaNetObjectDetector            32  18    6     0.3/0.1/0.1   2.2/1.8/0.2      0.8/1.1/0.9
+    handwritten.ListDictBlock                    16   5    4     0.1/0.0/0.0   0.7/0.2/0.0      0.0/0.0/0.0
+    handwritten.DropPathBlock                    16   3    2     0.0/0.0/0.0   0.0/0.0/0.3      0.0/0.0/0.0
+    handwritten.LayerScaleBlock                  16   3    2     0.1/0.0/0.0   0.1/0.0/0.0      0.0/0.1/0.1
+    handwritten.NestedBlock                      16   5    4     0.1/0.0/0.0   0.0/0.0/0.0      0.0/0.1/0.1
+    handwritten.SubclassedNet                    16   3    3     0.1/0.0/0.0   0.3/0.0/0.0      0.2/0.1/0.1
+    the 8 added                                                    3 s           61 s              12 s
 
-The first keras-hub entry includes importing keras_hub (about 0.8 s). On
+The first keras-hub entry of each process includes importing keras_hub (about
+0.8 s on TensorFlow; DFineBackbone's 4.9 s on PyTorch includes it). On
 TensorFlow and PyTorch every model builds in under 6 s. On JAX building is the
 slow part: each new variable shape compiles its initializer (drawing the batch
 norms' values, ``randomize_batch_norms``, takes under 0.1 s), so the times
@@ -88,11 +108,19 @@ InvertedResidualBlock and ConvBnActBlock; EfficientNetBackbone's CBABlock,
 FusedMBConvBlock and MBConvBlock; all of HGNetV2's (HGNetV2ConvLayer in the
 embedder and the stages) and MobileNetV5's (edge residual, universal inverted
 residual, stem ConvNormAct); DeepLabV3's SpatialPyramidPooling (keras.Sequential
-branches inside a custom layer); RetinaNet's FeaturePyramid; and in BASNet, the
+branches inside a custom layer); RetinaNet's FeaturePyramid (three of its six,
+``output_norm_P3`` to ``P5``, are never called: keras-hub applies the output
+norms only to levels above the backbone's, none at ``max_level=5``, so changing
+them changes no output); and in BASNet, the
 image encoder's own ``conv1_bn``: BASNet keeps the whole encoder as an
 attribute but calls only its residual stacks, so that batch norm is off the
 computation path (changing its statistics leaves every output as it was),
-though it has inbound nodes in the encoder's own graph.
+though it has inbound nodes in the encoder's own graph. In DFineBackbone, all
+but its two input projections' (``encoder_input_proj_bn_*``, in its graph):
+its HGNetV2's and the hybrid encoder's DFineConvNormLayers (alone and inside
+its CSP, RepVGG, feature-aggregation and SCDown blocks). DeepLabV3ImageSegmenter and RetinaNetObjectDetector add none to their
+backbones'. In the hand-written models, every batch norm but the Functional
+models' stem one; all three of SubclassedNet's.
 
 Known failures and left-outs (none hidden; ``BACKEND_FAILURES`` holds each
 model that fails to build on the running backend, with its error, and
@@ -103,10 +131,18 @@ model that fails to build on the running backend, with its error, and
   and runs on TensorFlow and JAX.
 - keras_hub.MobileNetV5Backbone with its default ``norm_layer="rms_norm"`` has
   no batch norm at all; it is here with ``norm_layer="batch_norm"``.
-- keras_hub.DFineBackbone (an HGNetV2 plus a deformable-attention detection
-  transformer) has batch norms but is a detector, not a small vision backbone;
-  it is left out. Other keras-hub backbones (ViT, DeiT, DINOv2, MiT, Swin, VGG,
-  SAM...) have no batch norm.
+- Tasks: one of each kind with batch norms. The other image classifiers
+  (CSPNet, DenseNet, EfficientNet, HGNetV2, MobileNet, MobileNetV5, Xception),
+  segmenters (BASNet, SegFormer) and DFineObjectDetector add no batch norm to
+  their backbone's, which are here. The one depth estimator,
+  DepthAnythingDepthEstimator (a DINOv2 and a DPT head), has no batch norm;
+  neither have SAM's and SAM3's segmenters. So no depth estimator is here.
+- Other keras-hub backbones (ViT, ViTDet, DeiT, DINOv2, DINOv3, MiT, Swin, VGG,
+  SAM, CLIP, SigLIP...) have no batch norm; Gemma3n's vision encoder is a
+  MobileNetV5Backbone, here on its own.
+- DFineBackbone builds at 32x32 with feature strides 8 and 16 (4x4 and 2x2
+  maps, 20 anchors) and 4 queries; its HGNetV2 returns both of its stages
+  (``out_features``), the maps D-FINE reads.
 - InceptionV3 and InceptionResNetV2 refuse inputs under 75 pixels, Xception
   under 71; every other application builds and runs at 32 (NASNetMobile too).
 """
