@@ -2,9 +2,10 @@
 
 - `mnist`: [`load_mnist`][keras_bn.load_mnist] and the [`MNIST`][keras_bn.MNIST] and
   [`DataSplit`][keras_bn.DataSplit] it returns, the real MNIST split as the notebook
-  split it; [`read_idx`][keras_bn.read_idx], one IDX file; and
-  [`MNISTError`][keras_bn.notebook.MNISTError] with its subclasses, what a missing or
-  bad data file raises.
+  split it; the files come through `_sources` (a folder or Keras's download).
+- `idx`: [`read_idx`][keras_bn.read_idx], one IDX file.
+- `errors`: [`MNISTError`][keras_bn.notebook.MNISTError] and its subclasses, what a
+  missing or bad data file raises, and `MNIST_DIR_ENV`.
 - `feeder`: [`BatchFeeder`][keras_bn.BatchFeeder], the notebook's `next_batch`.
 - `model`: [`deep_mnist_model`][keras_bn.deep_mnist_model] and
   [`compile_like_notebook`][keras_bn.compile_like_notebook].
@@ -14,19 +15,17 @@ The public names are importable from `keras_bn` itself (the MNIST errors from he
 the layer and its tools never import this package.
 """
 
-from keras_bn.notebook.feeder import BatchFeeder
-from keras_bn.notebook.logger import NotebookLogger
-from keras_bn.notebook.mnist import (
-    MNIST,
+from keras_bn.notebook.errors import (
     MNIST_DIR_ENV,
-    DataSplit,
     MNISTDownloadError,
     MNISTError,
     MNISTFormatError,
     MNISTNotFoundError,
-    load_mnist,
-    read_idx,
 )
+from keras_bn.notebook.feeder import BatchFeeder
+from keras_bn.notebook.idx import read_idx
+from keras_bn.notebook.logger import NotebookLogger
+from keras_bn.notebook.mnist import MNIST, DataSplit, load_mnist
 from keras_bn.notebook.model import compile_like_notebook, deep_mnist_model
 
 __all__ = [
