@@ -1,5 +1,7 @@
 """`deep_mnist_model`: the seed notebook's over-deep MNIST network, with or without batch norm."""
 
+import functools
+
 import keras
 
 from keras_bn import _checks
@@ -189,75 +191,104 @@ def deep_mnist_model(
     """
     tag, norm_factory = _resolve_bn(bn)
     data_format = _check_data_format(data_format, tag)
-    channels_first = data_format == "channels_first"
     _check_initializer(kernel_initializer)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
-    normalized = norm_factory is not None
-
-    def norm(layer_name):
-        """Builds one normalization layer through the factory and checks what came back."""
-        if channels_first and layer_name != "bn_dense":
-            layer = norm_factory(name=layer_name, axis=1)
-        else:
-            layer = norm_factory(name=layer_name)
-        if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                "A `bn` callable must return a `keras.layers.Layer`. "
-                f"Received: bn={bn!r}, which returned {layer!r}"
-            )
-        return layer
-
-    notebook_init = isinstance(kernel_initializer, str) and kernel_initializer == "notebook"
-
-    def conv_init(index):
-        """Returns the kernel initializer of conv layer `index`."""
-        if notebook_init:
-            return keras.initializers.TruncatedNormal(
-                stddev=0.05, seed=_layer_seed(seed, index)
-            )
-        return _make_initializer(kernel_initializer, seed, index)
-
-    def dense_init(index):
-        """Returns the kernel initializer of dense layer `index`."""
-        spec = "glorot_uniform" if notebook_init else kernel_initializer
-        return _make_initializer(spec, seed, index)
+    variant = _Variant(
+        bn,
+        norm_factory,
+        data_format=data_format,
+        kernel_initializer=kernel_initializer,
+        seed=seed,
+    )
 
     inputs = keras.Input(shape=(28, 28, 1), name="images")
     x = inputs
-    if channels_first:
+    if variant.channels_first:
         x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
     for depth in range(1, NUM_CONV_LAYERS + 1):
-        x = keras.layers.Conv2D(
+        conv = functools.partial(
+            keras.layers.Conv2D,
             filters=4 * depth,
             kernel_size=3,
             strides=_conv_strides(depth),
             padding="same",
-            use_bias=not normalized,
-            activation=None if normalized else "relu",
-            kernel_initializer=conv_init(depth),
+            kernel_initializer=variant.conv_init(depth),
             data_format=data_format,
             name=f"conv{depth}",
-        )(x)
-        if normalized:
-            x = norm(f"bn{depth}")(x)
-            x = keras.layers.Activation("relu", name=f"relu{depth}")(x)
+        )
+        x = variant.block(x, conv, norm_name=f"bn{depth}", relu_name=f"relu{depth}")
     # The last map is 1x1, so flattening gives the same 76 features in either layout.
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(
-        100,
-        use_bias=not normalized,
-        activation=None if normalized else "relu",
-        kernel_initializer=dense_init(NUM_CONV_LAYERS + 1),
+    dense = functools.partial(
+        keras.layers.Dense,
+        units=100,
+        kernel_initializer=variant.dense_init(NUM_CONV_LAYERS + 1),
         name="dense",
-    )(x)
-    if normalized:
-        x = norm("bn_dense")(x)
-        x = keras.layers.Activation("relu", name="relu_dense")(x)
+    )
+    x = variant.block(x, dense, norm_name="bn_dense", relu_name="relu_dense")
     logits = keras.layers.Dense(
-        10, kernel_initializer=dense_init(NUM_CONV_LAYERS + 2), name="logits"
+        10, kernel_initializer=variant.dense_init(NUM_CONV_LAYERS + 2), name="logits"
     )(x)
     return keras.Model(inputs, logits, name=name or f"deep_mnist_{tag}")
+
+
+class _Variant:
+    """One variant's layers: its normalization, its kernel initializers, and a block of both.
+
+    Each initializer is made when its layer is, in the order the layers are built, so
+    that a model built without a seed draws Keras's global generator as it always did.
+    """
+
+    def __init__(self, bn, norm_factory, *, data_format, kernel_initializer, seed):
+        self.bn = bn
+        self.norm_factory = norm_factory
+        self.normalized = norm_factory is not None
+        self.channels_first = data_format == "channels_first"
+        self.kernel_initializer = kernel_initializer
+        self.notebook_init = (
+            isinstance(kernel_initializer, str) and kernel_initializer == "notebook"
+        )
+        self.seed = seed
+
+    def block(self, x, make_layer, *, norm_name, relu_name):
+        """Returns `relu(norm(layer(x)))` when normalized, else `layer(x)` with a bias and ReLU.
+
+        `make_layer(use_bias=..., activation=...)` builds the convolution or dense layer.
+        """
+        x = make_layer(
+            use_bias=not self.normalized, activation=None if self.normalized else "relu"
+        )(x)
+        if self.normalized:
+            x = self.norm(norm_name)(x)
+            x = keras.layers.Activation("relu", name=relu_name)(x)
+        return x
+
+    def norm(self, layer_name):
+        """Builds one normalization layer through the factory and checks what came back."""
+        if self.channels_first and layer_name != "bn_dense":
+            layer = self.norm_factory(name=layer_name, axis=1)
+        else:
+            layer = self.norm_factory(name=layer_name)
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                "A `bn` callable must return a `keras.layers.Layer`. "
+                f"Received: bn={self.bn!r}, which returned {layer!r}"
+            )
+        return layer
+
+    def conv_init(self, index):
+        """Returns the kernel initializer of conv layer `index`."""
+        if self.notebook_init:
+            return keras.initializers.TruncatedNormal(
+                stddev=0.05, seed=_layer_seed(self.seed, index)
+            )
+        return _make_initializer(self.kernel_initializer, self.seed, index)
+
+    def dense_init(self, index):
+        """Returns the kernel initializer of dense layer `index`."""
+        spec = "glorot_uniform" if self.notebook_init else self.kernel_initializer
+        return _make_initializer(spec, self.seed, index)
 
 
 def compile_like_notebook(model, learning_rate=0.002):
