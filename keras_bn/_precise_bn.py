@@ -69,6 +69,17 @@ def _sums(statistics_of, data, batch_size, steps):
     return totals, count
 
 
+def never_called(means, variances, count):
+    """Returns whether the passes never called the layer whose sums these are.
+
+    Each pass resets the moving statistics to 0 and 1 before the call; a
+    layer that is never called (RetinaNet's feature pyramid makes batch norms
+    for levels it does not compute) leaves exactly those, where a called one
+    leaves its batch statistics.
+    """
+    return bool(np.all(means == 0.0) and np.all(variances == count))
+
+
 def assign_estimate(layer, means, variances, squares, count, estimator):
     """Assigns the averaged statistics of `count` batches to `layer`'s moving statistics."""
     mean = means / count

@@ -220,7 +220,8 @@ def recalibrate_batch_norm(
                 f"Received: data of type {type(data).__name__}"
             )
         for layer, (means, variances, squares) in zip(layers, totals):
-            _precise_bn.assign_estimate(layer, means, variances, squares, count, estimator)
+            if not _precise_bn.never_called(means, variances, count):  # else it is left as it was
+                _precise_bn.assign_estimate(layer, means, variances, squares, count, estimator)
     if steps is not None and count < steps:
         warnings.warn(
             f"`data` ran out after {count} batches; recalibrated on those instead of "

@@ -253,6 +253,33 @@ def test_frozen_layers_are_left_alone():
     assert _np(model.get_layer("inner").get_layer("bn2").moving_variance).max() < 100.0
 
 
+def test_a_batch_norm_that_is_never_called_is_left_alone():
+    # A custom layer may hold a batch norm its call() never uses (RetinaNet's
+    # feature pyramid makes some for levels it does not compute).
+    class Spare(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.used = keras.layers.BatchNormalization(name="used")
+            self.spare = keras.layers.BatchNormalization(name="spare")
+
+        def build(self, input_shape):
+            self.used.build(input_shape)
+            self.spare.build(input_shape)
+
+        def call(self, x, training=None):
+            return self.used(x, training=training)
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, Spare(name="block")(inputs))
+    block = model.get_layer("block")
+    block.spare.moving_mean.assign(np.array([0.5, -0.5, 2.0], "float32"))
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(16, 3)).astype("float32")
+    recalibrate_batch_norm(model, x, batch_size=8)
+    np.testing.assert_array_equal(_np(block.spare.moving_mean), [0.5, -0.5, 2.0])
+    np.testing.assert_array_equal(_np(block.spare.moving_variance), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(_np(block.used.moving_mean), x.mean(0), rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
