@@ -43,7 +43,7 @@ def stand_in(layer, args, kwargs, name):
     """
     _check_state(layer)
     _check_arguments(args, kwargs)
-    inputs = keras.tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), args[0])
+    inputs = _inputs_like(args[0])
     plain = {k: v for k, v in kwargs.items() if k not in ("training", "mask")}
     models = {training: _traced(layer, inputs, plain, training, name) for training in (None, True, False)}
     steps = {training: _steps(model) for training, model in models.items()}
@@ -126,6 +126,19 @@ def _first_line(error):
     """Returns `Type: first line of the message`, at most 120 characters of it."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0][:120] if text else ''}"
+
+
+def _inputs_like(structure, name=None):
+    """Returns `keras.Input`s shaped like the tensors of `structure`; those in a dict are named by their keys.
+
+    A Functional model given a dict of inputs expects each key to name its tensor.
+    """
+    if isinstance(structure, keras.KerasTensor):
+        return keras.Input(batch_shape=structure.shape, dtype=structure.dtype, name=name)
+    if isinstance(structure, dict):
+        return {key: _inputs_like(value, str(key) if name is None else f"{name}_{key}")
+                for key, value in structure.items()}
+    return type(structure)(_inputs_like(value) for value in structure)
 
 
 def _check_state(layer):
