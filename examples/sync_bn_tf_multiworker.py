@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sync_bn_common as common
+import sync_bn_launch as launcher
 
 BENCHMARK_BATCH = 50  # images per worker and step (the notebook's batch is 50)
 
@@ -255,21 +256,21 @@ def worker(args):
         result["benchmark"] = benchmark(strategy, args.rank, args.world_size)
     else:
         result["warnings"] = []
-        with common.warnings_of_interest(result["warnings"]):
+        with launcher.warnings_of_interest(result["warnings"]):
             initial, final, grads = check_fit(strategy, args.rank)
             result["uneven"] = check_uneven(strategy, args.rank)
         result["fit"] = reference_fit(args.rank, initial, final, grads)
         result["final_weights"] = {k: v.tolist() for k, v in final.items()}
-    common.write_result(args.result, result)
+    launcher.write_result(args.result, result)
 
 
 def main(argv=None):
     """Launches two workers on 127.0.0.1, or is one worker (with `--rank` and `TF_CONFIG`)."""
-    args = common.parse_worker_args(__doc__.splitlines()[0], argv)
+    args = launcher.parse_worker_args(__doc__.splitlines()[0], argv)
     if args.rank is not None:
         return worker(args)
-    ports = common.free_ports(args.world_size)
-    return common.run_launcher(
+    ports = launcher.free_ports(args.world_size)
+    return launcher.run_launcher(
         __file__,
         "tensorflow",
         args,

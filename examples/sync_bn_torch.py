@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sync_bn_common as common
+import sync_bn_launch as launcher
 
 BENCHMARK_BATCH = 50  # images per worker and step (the notebook's batch is 50)
 
@@ -202,7 +203,7 @@ def worker(args):
         if args.benchmark:
             result["benchmark"] = benchmark(args.rank, args.world_size)
         else:
-            with common.warnings_of_interest(result["warnings"]):
+            with launcher.warnings_of_interest(result["warnings"]):
                 initial, final, grads = check_fit(args.rank)
                 result["uneven"] = check_uneven(args.rank)
     finally:
@@ -211,12 +212,12 @@ def worker(args):
         # The process group is gone: synchronized=True now changes nothing.
         result["fit"] = reference_fit(args.rank, initial, final, grads)
         result["final_weights"] = {k: v.tolist() for k, v in final.items()}
-    common.write_result(args.result, result)
+    launcher.write_result(args.result, result)
 
 
 def main(argv=None):
     """Launches two workers on 127.0.0.1, or is one worker (with `--rank` or under torchrun)."""
-    args = common.parse_worker_args(__doc__.splitlines()[0], argv)
+    args = launcher.parse_worker_args(__doc__.splitlines()[0], argv)
     if args.rank is None and "RANK" in os.environ:  # started by torchrun
         args.rank, args.world_size = (
             int(os.environ["RANK"]),
@@ -224,8 +225,8 @@ def main(argv=None):
         )
     if args.rank is not None:
         return worker(args)
-    (port,) = common.free_ports(1)
-    return common.run_launcher(
+    (port,) = launcher.free_ports(1)
+    return launcher.run_launcher(
         __file__, "torch", args, extra_args=["--port", str(port)]
     )
 

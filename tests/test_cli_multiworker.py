@@ -26,7 +26,7 @@ from keras_bn.experiment.distribute import read_tf_config
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
-import sync_bn_common as common  # the launcher's free ports and worker environment
+import sync_bn_launch as common  # the launcher's free ports and worker environment
 
 TIMEOUT = 420  # seconds for both workers; then they are killed
 RELATIVE = 1e-3  # the losses' largest relative difference (see below)

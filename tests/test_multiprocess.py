@@ -127,7 +127,7 @@ def _gone(pid):
 def test_launcher_kills_the_workers_when_one_fails_or_time_runs_out(
     tmp_path, failing_rank, timeout, reason
 ):
-    common = _example("sync_bn_common")
+    common = _example("sync_bn_launch")
     script = tmp_path / "worker.py"
     script.write_text(HANGING_WORKER)
     env = {"PID_DIR": str(tmp_path), "FAILING_RANK": str(failing_rank)}
