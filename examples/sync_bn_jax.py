@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sync_bn_common as common
+import sync_bn_launch as launcher
 
 
 def fit(model, x, y, batch_size):
@@ -190,22 +191,22 @@ def worker(args):
             "synchronized=True, so there is nothing to compare on JAX"
         )
     result["warnings"] = []
-    with common.warnings_of_interest(result["warnings"]):
+    with launcher.warnings_of_interest(result["warnings"]):
         initial, final = check_fit(args.rank)
         result["uneven"] = check_uneven(args.rank)
     result["fit"] = reference_fit(initial, final)
     result["final_weights"] = {k: v.tolist() for k, v in final.items()}
-    common.write_result(args.result, result)
+    launcher.write_result(args.result, result)
     jax.distributed.shutdown()
 
 
 def main(argv=None):
     """Launches two workers on 127.0.0.1, or is one worker (with `--rank`)."""
-    args = common.parse_worker_args(__doc__.splitlines()[0], argv)
+    args = launcher.parse_worker_args(__doc__.splitlines()[0], argv)
     if args.rank is not None:
         return worker(args)
-    (port,) = common.free_ports(1)
-    return common.run_launcher(__file__, "jax", args, extra_args=["--port", str(port)])
+    (port,) = launcher.free_ports(1)
+    return launcher.run_launcher(__file__, "jax", args, extra_args=["--port", str(port)])
 
 
 if __name__ == "__main__":
