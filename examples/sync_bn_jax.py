@@ -66,34 +66,10 @@ def check_fit(rank):
 def check_uneven(rank):
     """Uneven batches, padded and masked; returns the errors against NumPy on the 32 real examples."""
     import jax
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from keras_bn import ManualBatchNorm
 
-    x, w = common.uneven_data()
-    part = common.local_slice(rank, common.UNEVEN_SPLIT)
-    local = common.UNEVEN_SPLIT[rank]
-    padded = max(common.UNEVEN_SPLIT)
-
-    def pad(a):
-        """Pads the local rows to `padded` with zeros."""
-        return np.concatenate([a, np.zeros((padded - len(a), *a.shape[1:]), a.dtype)])
-
-    mask = pad(np.ones((local, 4, 4), "float32"))
-    sharding = NamedSharding(
-        jax.sharding.Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch")
-    )
-
-    def global_array(a):
-        """Joins every process's local rows into one array sharded over the processes."""
-        return jax.make_array_from_process_local_data(sharding, a)
-
-    inputs, weights, mask = (
-        global_array(pad(x[part])),
-        global_array(pad(w[part])),
-        global_array(mask),
-    )
+    inputs, weights, mask = padded_global_arrays(rank)
     layer = ManualBatchNorm(synchronized=True, momentum=common.MOMENTUM)
     layer.build(inputs.shape)
     trainable = [v.value for v in layer.trainable_variables]
@@ -114,23 +90,57 @@ def check_uneven(rank):
     )
     names = [v.name for v in layer.non_trainable_variables]
     statistics = dict(zip(names, statistics))
-
-    def local_rows(a):
-        """This process's real rows of a global array."""
-        (shard,) = a.addressable_shards
-        return np.asarray(shard.data)[:local]
-
-    def replicated(a):
-        """A replicated global array as NumPy, read from this process's copy."""
-        return np.asarray(a.addressable_shards[0].data)
-
+    local = common.UNEVEN_SPLIT[rank]
     return common.uneven_report(
         rank,
-        local_rows(outputs),
-        local_rows(grad),
+        local_rows(outputs, local),
+        local_rows(grad, local),
         replicated(statistics["moving_mean"]),
         replicated(statistics["moving_variance"]),
     )
+
+
+def padded_global_arrays(rank):
+    """Returns the inputs, loss weights and mask of every process as global arrays.
+
+    Each process pads its rows with zeros to the larger batch (its mask is 0 there);
+    the arrays are sharded over the processes along the batch axis.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    x, w = common.uneven_data()
+    part = common.local_slice(rank, common.UNEVEN_SPLIT)
+    local = common.UNEVEN_SPLIT[rank]
+    padded = max(common.UNEVEN_SPLIT)
+
+    def pad(a):
+        """Pads the local rows to `padded` with zeros."""
+        return np.concatenate([a, np.zeros((padded - len(a), *a.shape[1:]), a.dtype)])
+
+    sharding = NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch")
+    )
+    local_arrays = (x[part], w[part], np.ones((local, 4, 4), "float32"))
+    return tuple(
+        jax.make_array_from_process_local_data(sharding, pad(a)) for a in local_arrays
+    )
+
+
+def local_rows(a, local):
+    """This process's `local` real rows of a global array."""
+    import numpy as np
+
+    (shard,) = a.addressable_shards
+    return np.asarray(shard.data)[:local]
+
+
+def replicated(a):
+    """A replicated global array as NumPy, read from this process's copy."""
+    import numpy as np
+
+    return np.asarray(a.addressable_shards[0].data)
 
 
 def reference_fit(initial, final):
