@@ -101,6 +101,19 @@ class LayerScale(keras.layers.Layer):
         return self.bn(x, training=training) * self.scale
 
 
+@keras.saving.register_keras_serializable(package="keras_bn_tests")
+class TwoInputs(keras.layers.Layer):
+    """Called on two positional tensors and one by keyword, as detection heads are."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = BN(name="bn")
+        self.conv = keras.layers.Conv2D(4, 1, name="conv")
+
+    def call(self, x, skip, scale=None, training=None):
+        return self.bn(self.conv(x + skip) * scale, training=training)
+
+
 def _images(n=4, seed=0):
     return np.random.default_rng(seed).normal(size=(n, 6, 6, 4)).astype("float32")
 
@@ -288,3 +301,23 @@ def test_recalibration_and_layer_statistics_reach_inside():
     model.fit(x, np.zeros((8, 3), "float32"), batch_size=4, verbose=0, callbacks=[stats])
     assert list(stats.history["inputs"]) == ["outer/inner/act"]
     assert len(stats.history["gradient_norms"]["outer/inner/conv1"]) == 2
+
+
+def test_a_custom_layer_called_on_several_tensors_and_keywords(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 4))
+    stem = keras.layers.Conv2D(4, 1, name="stem")(inputs)
+    outputs = TwoInputs(name="pair")(stem, inputs, scale=keras.ops.sigmoid(stem))
+    model = keras.Model(inputs, outputs)
+    _draw(model)
+    converted = convert_batch_norm(model)
+    assert len(_batch_norms(converted, ManualBatchNorm)) == 1
+    x = _images()
+    for training in (False, True):
+        np.testing.assert_allclose(to_numpy(converted(x, training=training)), to_numpy(model(x, training=training)),
+                                   rtol=1e-5, atol=1e-5)
+    path = str(tmp_path / "pair.keras")
+    converted.save(path)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(converted(x)), rtol=1e-6, atol=1e-6)
+    report = fold_batch_norm(model, return_report=True)[1]
+    assert report.folded == {} and "pair/bn" in report.kept  # a product, not the convolution, feeds it

@@ -39,13 +39,15 @@ def stand_in(layer, args, kwargs, name):
     """Returns a Functional model named `name`, over `layer`'s sub-layers, that computes `layer(*args, **kwargs)`.
 
     `args` and `kwargs` are the symbolic tensors and arguments of one call of
-    `layer`; the stand-in takes `args[0]` and the `training` of that call.
+    `layer`; the stand-in takes `call_input(args, kwargs)` and the `training`
+    of that call.
     """
     _check_state(layer)
     _check_arguments(args, kwargs)
-    inputs = _inputs_like(args[0])
-    plain = {k: v for k, v in kwargs.items() if k not in ("training", "mask")}
-    models = {training: _traced(layer, inputs, plain, training, name) for training in (None, True, False)}
+    inputs = _inputs_like(call_input(args, kwargs))
+    single = len(args) == 1 and not any(_has_tensors(v) for k, v in kwargs.items() if k != "mask")
+    plain = {k: v for k, v in kwargs.items() if k not in ("training", "mask") and not _has_tensors(v)}
+    models = {training: _traced(layer, inputs, plain, training, name, single) for training in (None, True, False)}
     steps = {training: _steps(model) for training, model in models.items()}
     own = {id(inner) for inner in sublayers(layer).values()}
     if not _comparable(steps[True], own) == _comparable(steps[False], own) == _comparable(steps[None], own):
@@ -56,7 +58,7 @@ def stand_in(layer, args, kwargs, name):
                 f"its call() passes training={options['training']} to {operation.name!r} itself, which a "
                 "graph cannot keep (a Functional model passes its own training to every layer)"
             )
-    _check_same(layer, models[None], plain)
+    _check_same(layer, models[None], plain, single)
     return models[None]
 
 
@@ -74,7 +76,7 @@ def model_stand_in(model):
         return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
 
     inputs = _map_shapes(spec, is_shape, shapes)
-    new = stand_in(model, (inputs,), {}, model.name)
+    new = stand_in(model, (inputs,), {}, model.name)  # a model's call takes one input structure
     if model.compiled:
         new.compile_from_config(model.get_compile_config())
     return new
@@ -89,7 +91,7 @@ def _map_shapes(spec, is_shape, shapes):
     return [_map_shapes(spec, is_shape, value) for value in shapes]
 
 
-def _check_same(layer, model, plain):
+def _check_same(layer, model, plain, single):
     """Raises `NotInlined` unless the stand-in `model` predicts what `layer` predicts, in inference mode.
 
     Both run on one random batch (2 samples; 8 along any other axis of unknown
@@ -108,7 +110,8 @@ def _check_same(layer, model, plain):
         # training=False also where call() takes none: Keras keeps it for the
         # sub-layers' calls (a default training=True, as Resizing has, would
         # leak into the layers called after it).
-        expected = keras.tree.flatten(layer(data, **plain, training=False))
+        args, keyed = _call_arguments(data, single)
+        expected = keras.tree.flatten(layer(*args, **keyed, **plain, training=False))
     except Exception:
         return
     try:
@@ -150,29 +153,53 @@ def _check_state(layer):
         raise NotInlined(f"it has state of its own ({names}), outside its sub-layers")
 
 
+def _has_tensors(value):
+    """Returns whether `value` holds a symbolic tensor at any depth."""
+    return any(isinstance(x, keras.KerasTensor) for x in keras.tree.flatten(value))
+
+
+def call_input(args, kwargs):
+    """Returns what a stand-in takes for the call `layer(*args, **kwargs)`: its tensors, as one structure.
+
+    One positional argument is taken as it is (a tensor, a list or a dict of
+    them); otherwise the positional arguments and the keyword arguments that
+    hold tensors become one dict, `{"arg0": ..., "inputs_embeds": ...}`.
+    """
+    keyed = {k: v for k, v in kwargs.items() if k != "mask" and _has_tensors(v)}
+    if len(args) == 1 and not keyed:
+        return args[0]
+    return {**{f"arg{i}": value for i, value in enumerate(args)}, **keyed}
+
+
+def _call_arguments(inputs, single):
+    """Returns `(args, kwargs)` for `layer.call` from a stand-in's `inputs` (see `call_input`)."""
+    if single:
+        return (inputs,), {}
+    positional = sorted((int(k[3:]), v) for k, v in inputs.items() if k.startswith("arg") and k[3:].isdigit())
+    return tuple(v for _, v in positional), {k: v for k, v in inputs.items() if not (k.startswith("arg") and k[3:].isdigit())}
+
+
 def _check_arguments(args, kwargs):
-    """Raises `NotInlined` unless the call takes its tensors as one positional argument."""
-    if len(args) != 1:
-        raise NotInlined(f"it is called on {len(args)} positional arguments, not one")
-    leaves = keras.tree.flatten(args[0])
-    if not leaves or not all(isinstance(x, keras.KerasTensor) for x in leaves):
-        raise NotInlined("its positional argument is not a tensor or a structure of tensors")
+    """Raises `NotInlined` unless every argument that holds a tensor holds only tensors, and there is no mask."""
     if kwargs.get("mask") is not None:
         raise NotInlined("it is called with a mask")
-    keyed = [k for k, v in kwargs.items() if k != "mask" and any(
-        isinstance(x, keras.KerasTensor) for x in keras.tree.flatten(v))]
-    if keyed:
-        raise NotInlined(f"it takes tensors by keyword ({', '.join(keyed)})")
+    for value in args:
+        leaves = keras.tree.flatten(value)
+        if not leaves or not all(isinstance(x, keras.KerasTensor) for x in leaves):
+            raise NotInlined("a positional argument is not a tensor or a structure of tensors")
+    if not args and not any(_has_tensors(v) for v in kwargs.values()):
+        raise NotInlined("it is called on no tensor")
 
 
-def _traced(layer, inputs, plain, training, name):
+def _traced(layer, inputs, plain, training, name, single):
     """Returns `keras.Model(inputs, layer.call(inputs, ...))`, as `layer.__call__` would call it."""
     x = keras.tree.map_structure(lambda t: _autocast(layer, t), inputs)
     if "training" in inspect.signature(layer.call).parameters:
         plain = {**plain, "training": training}
+    args, keyed = _call_arguments(x, single)
     try:
         with global_policy(layer):
-            outputs = layer.call(x, **plain)
+            outputs = layer.call(*args, **keyed, **plain)
         return keras.Model(inputs, outputs, name=name)
     except Exception as error:
         raise NotInlined(f"its call() does not run on symbolic tensors ({_first_line(error)})") from error

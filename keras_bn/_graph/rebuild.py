@@ -130,7 +130,7 @@ class Rebuilder:
             else:
                 operation.calls += 1
                 training = {k: v for k, v in kwargs.items() if k == "training"}
-                return self.model(model, operation.path + "/")(args[0], **training)
+                return self.model(model, operation.path + "/")(inline.call_input(args, kwargs), **training)
         return _call(operation.whole, *args, **kwargs)
 
     def _whole(self, operation, why):

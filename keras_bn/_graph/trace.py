@@ -154,7 +154,7 @@ class _Tracer(Rebuilder):
                 return self._inline(operation, path + "/", inputs, plain)
             model = self._stand_in(operation, path, args, kwargs)
             if model is not None:
-                return self._inline(model, path + "/", args[0], plain)
+                return self._inline(model, path + "/", inline.call_input(args, kwargs), plain)
             outputs = operation(*args, **kwargs)
             inputs, results = _tensors((args, kwargs)), _tensors(outputs)
             self.graph.tensors.update((id(x), x) for x in inputs + results)
