@@ -147,6 +147,6 @@ def _hand_written(enabled):
     (`False`), or the backend's default (`None`)."""
     import contextlib
 
-    from keras_bn import _gradient
+    from keras_bn._layer import gradient as _gradient
 
     return contextlib.nullcontext() if enabled is None else _gradient.use_hand_written(enabled)

@@ -240,7 +240,8 @@ def bench_shapes(repeats, block=5):
     """
     import keras
 
-    from keras_bn import ManualBatchNorm, _native
+    from keras_bn import ManualBatchNorm
+    from keras_bn._layer import native as _native
 
     if keras.backend.backend() not in _native.NATIVE_BACKENDS:
         print("shapes      no kernel on this backend")

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_bn import _gradient, _layout, _moving, _native
-from keras_bn._layer_args import (
+from keras_bn._layer import gradient as _gradient, layout as _layout, moving as _moving, native as _native
+from keras_bn._layer.args import (
     check_epsilon,
     check_flag,
     check_momentum,
@@ -12,7 +12,7 @@ from keras_bn._layer_args import (
     check_virtual_batch_size,
     normalize_axis_arg,
 )
-from keras_bn._moments import count_along, moments, normalize, replica_sum
+from keras_bn._layer.moments import count_along, moments, normalize, replica_sum
 
 __all__ = ["ManualBatchNorm"]
 
@@ -354,7 +354,7 @@ class ManualBatchNorm(keras.layers.Layer):
         # PyTorch runs eagerly: a call that Keras's per-call work would not change
         # skips it (`_torch_path.plain_call`; docs/guide/native.md).
         if keras.backend.backend() == "torch":
-            from keras_bn import _torch_path
+            from keras_bn._layer import torch as _torch_path
 
             outputs = _torch_path.plain_call(self, args, kwargs)
             if outputs is not None:
@@ -371,7 +371,7 @@ class ManualBatchNorm(keras.layers.Layer):
         if mask is not None and not training:
             _layout.mask_readings(self, mask.shape, inputs.shape)  # refused, as Keras refuses it
         if keras.backend.backend() == "torch":
-            from keras_bn import _torch_path
+            from keras_bn._layer import torch as _torch_path
 
             all_reduce = replica_sum() if training and self.synchronized else None
             outputs = _torch_path.call(self, inputs, training, mask, all_reduce)

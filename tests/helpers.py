@@ -15,7 +15,7 @@ def kernel_at_any_size():
     values per sample on the hand-written path, and the tests' inputs are that small:
     the option matrix and the property tests are to run the kernel where it applies.
     """
-    from keras_bn import _native
+    from keras_bn._layer import native as _native
 
     saved = _native.CPU_MIN_SAMPLE_VALUES
     _native.CPU_MIN_SAMPLE_VALUES = 0

@@ -62,7 +62,7 @@ y = np.concatenate([p.numpy() for p in parts])
 
 # Input gradients with the global statistics, both backward passes, against
 # one device holding the whole batch.
-from keras_bn import _gradient
+from keras_bn._layer import gradient as _gradient
 dy = rng.normal(size=x.shape).astype("float32")
 xt = tf.constant(x)
 with tf.GradientTape() as tape:

@@ -16,7 +16,7 @@ import pytest
 from helpers import gradient_penalty_grads, input_and_weight_grads
 from keras import ops
 
-from keras_bn import _gradient
+from keras_bn._layer import gradient as _gradient
 from keras_bn.batch_norm import ManualBatchNorm
 
 

@@ -23,7 +23,8 @@ import pytest
 
 import keras
 from helpers import input_and_weight_grads, kernel_at_any_size, to_numpy
-from keras_bn import ManualBatchNorm, _gradient, _native
+from keras_bn import ManualBatchNorm
+from keras_bn._layer import gradient as _gradient, native as _native
 
 BACKEND = keras.backend.backend()
 # Keras's layer divides by `count + 1e-7` where ours divides by `count`, and its

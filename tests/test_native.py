@@ -18,7 +18,8 @@ import pytest
 
 import keras
 from helpers import to_numpy
-from keras_bn import ManualBatchNorm, _native
+from keras_bn import ManualBatchNorm
+from keras_bn._layer import native as _native
 
 BACKEND = keras.backend.backend()
 HAS_KERNEL = BACKEND in _native.NATIVE_BACKENDS

@@ -36,7 +36,8 @@ import math
 import keras
 import torch
 
-from keras_bn import _gradient, _keras_compat, _native
+from keras_bn import _keras_compat
+from keras_bn._layer import gradient as _gradient, native as _native
 
 def plain_call(layer, args, kwargs):
     """Returns `layer(*args, **kwargs)` without Keras's per-call work, or `None` where that work matters.

@@ -13,7 +13,7 @@ layer whose variables it reads and assigns.
 import keras
 from keras import ops
 
-from keras_bn._moments import mean_where
+from keras_bn._layer.moments import mean_where
 
 __all__ = ["assign_average", "check_count", "renorm_correction", "update_statistics"]
 

@@ -1,0 +1,1 @@
+"""The private modules of `ManualBatchNorm` (keras_bn/batch_norm.py)."""
