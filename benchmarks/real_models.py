@@ -13,7 +13,9 @@ blocks, built at 16 to 75 pixels. It prints two tables. The first, what the
 tools decided, a row a model:
 
 - found: the batch norms in the model at any depth (counted by tests/zoo.py,
-  not by keras-bn);
+  not by keras-bn), and, as "unused", how many of those that conversion did not
+  reach change no output when their moving mean moves: the model keeps them but
+  never calls them;
 - folded / kept: what `fold_batch_norm` did, and under "kept because" the
   reasons of the kept ones, grouped and shortened to the layer before
   ("Concatenate") or the kind ("custom block");
@@ -104,6 +106,29 @@ def _first_sentence(error):
     return f"{type(error).__name__}: {str(error).split('. ')[0]}"
 
 
+def _never_called(model, x, expected, reached):
+    """Returns the names of the batch norms outside `reached` whose statistics change no output.
+
+    Each is tried alone: its moving mean moved by 1, the inference outputs
+    compared, the mean put back.
+    """
+    import keras
+    import numpy as np
+    import zoo
+
+    unused = []
+    for layer in zoo.batch_norm_layers(model):
+        if layer.name in reached:
+            continue
+        mean = keras.ops.convert_to_numpy(layer.moving_mean).copy()
+        layer.moving_mean.assign(mean + 1.0)
+        changed = _relative(model(x, training=False), expected) > 0
+        layer.moving_mean.assign(mean)
+        if not changed:
+            unused.append(layer.name)
+    return unused
+
+
 def _one_model(name):
     """Runs every tool on the zoo model `name`; returns a dict of what happened."""
     import keras
@@ -143,6 +168,9 @@ def _one_model(name):
         row["frozen"] = len(zoo.batch_norm_layers(frozen, FrozenBatchNorm))
     except (ValueError, TypeError) as error:
         row["errors"]["freeze"] = _first_sentence(error)
+    if "converted" in row and row["converted"] < row["found"]:
+        reached = {layer.name for layer in zoo.batch_norm_layers(converted, ManualBatchNorm)}
+        row["unused"] = _never_called(model, x, expected, reached)
     before = [keras.ops.convert_to_numpy(layer.moving_mean).copy() for layer in zoo.batch_norm_layers(model)]
     try:
         recalibrate_batch_norm(model, x, batch_size=2)
@@ -214,7 +242,7 @@ def _decided(row):
     kinds = collections.Counter(_reason_kind(why) for why in row.get("kept_why", []))
     kept = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
     return (
-        str(row["found"]),
+        str(row["found"]) + (f" ({len(row['unused'])} unused)" if row.get("unused") else ""),
         refused.get("fold") or f"{row['folded']} / {row['kept']}",
         refused.get("convert") or str(row["converted"]),
         refused.get("freeze") or str(row["frozen"]),
