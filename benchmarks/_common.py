@@ -147,6 +147,6 @@ def _hand_written(enabled):
     (`False`), or the backend's default (`None`)."""
     import contextlib
 
-    from keras_bn._layer import gradient as _gradient
+    from keras_bn._layer.paths import use_hand_written
 
-    return contextlib.nullcontext() if enabled is None else _gradient.use_hand_written(enabled)
+    return contextlib.nullcontext() if enabled is None else use_hand_written(enabled)

@@ -236,14 +236,14 @@ def bench_shapes(repeats, block=5):
     Per shape, forward and backward of 20 layers of that shape in one compiled call,
     alternately: `fused=True`, and `fused=False` with the backend's default backward
     and with the closed form. Where the kernel's fixed cost per call outweighs its single
-    pass (`_native.CPU_MIN_SAMPLE_VALUES` on TensorFlow), and which path `fused=None` takes.
+    pass (`_layer.paths.CPU_MIN_SAMPLE_VALUES` on TensorFlow), and which path `fused=None` takes.
     """
     import keras
 
     from keras_bn import ManualBatchNorm
-    from keras_bn._layer import native as _native
+    from keras_bn._layer.paths import NATIVE_BACKENDS, kernel_applies
 
-    if keras.backend.backend() not in _native.NATIVE_BACKENDS:
+    if keras.backend.backend() not in NATIVE_BACKENDS:
         print("shapes      no kernel on this backend")
         return
     shapes, conv_axis = _bn_shapes()
@@ -258,7 +258,7 @@ def bench_shapes(repeats, block=5):
         micros = {name: statistics.median(samples) * 1000 / copies for name, samples in times.items()}
         probe = ManualBatchNorm(axis=axis)
         probe.build(shape)
-        takes = "kernel" if _native.kernel_applies(
-            probe, keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "hand-written path"
+        takes = "kernel" if kernel_applies(
+            probe._spec(), keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "hand-written path"
         print(f"shapes      {str(shape):18s} " + ", ".join(f"{name} {t:6.1f} µs" for name, t in micros.items())
               + f"; fused=None takes the {takes}")

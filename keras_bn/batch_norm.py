@@ -3,16 +3,19 @@
 import keras
 from keras import ops
 
-from keras_bn._layer import gradient as _gradient, layout as _layout, moving as _moving, native as _native
+from keras_bn import _keras_compat
+from keras_bn._layer import layout, paths
 from keras_bn._layer.args import (
     check_epsilon,
     check_flag,
+    check_fused,
     check_momentum,
     check_renorm_clipping,
     check_virtual_batch_size,
     normalize_axis_arg,
 )
-from keras_bn._layer.moments import count_along, moments, normalize, replica_sum
+from keras_bn._layer.moments import replica_sum
+from keras_bn._layer.spec import Spec, Weights
 
 __all__ = ["ManualBatchNorm"]
 
@@ -254,11 +257,11 @@ class ManualBatchNorm(keras.layers.Layer):
         self.synchronized = check_flag("synchronized", synchronized)
         self.virtual_batch_size = check_virtual_batch_size(virtual_batch_size, self.synchronized)
         self.unbiased_variance = check_flag("unbiased_variance", unbiased_variance)
-        self.fused = _native.check_fused(fused)
+        self.fused = check_fused(fused)
         if self.fused:
-            reasons = _native.configuration_obstacles(self)
+            reasons = paths.configuration_obstacles(axis=self.axis, epsilon=self.epsilon, renorm=self.renorm)
             if reasons:
-                raise _native.refusal(reasons)
+                raise paths.refusal(reasons)
         self.supports_masking = True
         self.gamma = None
         self.beta = None
@@ -266,31 +269,11 @@ class ManualBatchNorm(keras.layers.Layer):
     # -- shapes ---------------------------------------------------------------
 
     def build(self, input_shape):
-        rank = len(input_shape)
-        if rank == 0:
-            raise ValueError(
-                "ManualBatchNorm needs an input of rank at least 1. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        axes = _layout.channel_axes(self, input_shape)
-        for a in axes:
-            if input_shape[a] is None:
-                raise ValueError(
-                    "The size of the channel axis must be known to create the "
-                    f"weights, but axis {a} of the input is `None`. Received: "
-                    f"input_shape={tuple(input_shape)}, axis={self.axis!r}"
-                )
-        param_shape = tuple(int(input_shape[a]) for a in axes)
-        self._channel_axes_resolved = axes
-        self._reduction_axes = tuple(i for i in range(rank) if i not in axes)
-        # The statistics are computed with keepdims=True; the weights need this
-        # shape to broadcast against the input (size 1 on reduced axes).
-        self._broadcast_shape = tuple(
-            int(input_shape[i]) if i in axes else 1 for i in range(rank)
-        )
-        self._create_weights(param_shape)
+        self._layout = layout.resolve(self.axis, input_shape, virtual_batch_size=self.virtual_batch_size)
+        axes = self._layout.channel_axes
+        self._create_weights(tuple(int(input_shape[a]) for a in axes))
         self.input_spec = keras.layers.InputSpec(
-            ndim=rank, axes={a: int(input_shape[a]) for a in axes}
+            ndim=len(input_shape), axes={a: int(input_shape[a]) for a in axes}
         )
 
     def _create_weights(self, param_shape):
@@ -341,160 +324,63 @@ class ManualBatchNorm(keras.layers.Layer):
             )
 
     def compute_output_shape(self, input_shape):
-        _layout.channel_axes(self, input_shape)  # as Keras: an axis out of bounds raises
+        # As Keras: an axis out of bounds raises.
+        layout.channel_axes(self.axis, input_shape, virtual_batch_size=self.virtual_batch_size)
         return input_shape
 
     # -- the forward pass -------------------------------------------------------
 
-    def _ghost_batches(self, x):
-        """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)` (`_layout.ghost_batches`)."""
-        return _layout.ghost_batches(self, x)
-
     def __call__(self, *args, **kwargs):
         # PyTorch runs eagerly: a call that Keras's per-call work would not change
-        # skips it (`_torch_path.plain_call`; docs/guide/native.md).
-        if keras.backend.backend() == "torch":
-            from keras_bn._layer import torch as _torch_path
+        # skips it (`_layer.torch.plain_call`; docs/guide/native.md).
+        if keras.backend.backend() == "torch" and self.built:
+            from keras_bn._layer import torch as torch_path
 
-            outputs = _torch_path.plain_call(self, args, kwargs)
-            if outputs is not None:
-                return outputs
+            plain = torch_path.plain_call(args, kwargs, layout=self._layout, input_dtype=self.input_dtype)
+            if plain is not None and _keras_compat.remat_mode(self) is None and self.activity_regularizer is None:
+                x, training = plain
+                return self.call(x, training=training)
         return super().__call__(*args, **kwargs)
 
     def call(self, inputs, training=None, mask=None):
-        # float16/bfloat16 are upcast: the squares in the variance overflow
-        # float16 for activations above ~256, and its 10-bit mantissa would
-        # round the statistics. Integers become float32 as well.
-        # float64 stays float64 (keras.backend.result_type would demote it to
-        # float32 on the JAX and PyTorch backends).
         training = bool(training and self.trainable)
+        spec = self._spec()
         if mask is not None and not training:
-            _layout.mask_readings(self, mask.shape, inputs.shape)  # refused, as Keras refuses it
-        if keras.backend.backend() == "torch":
-            from keras_bn._layer import torch as _torch_path
-
-            all_reduce = replica_sum() if training and self.synchronized else None
-            outputs = _torch_path.call(self, inputs, training, mask, all_reduce)
-            if outputs is not None:
-                return outputs
-        dtype = "float64" if keras.backend.standardize_dtype(inputs.dtype) == "float64" else "float32"
-        x = ops.cast(inputs, dtype)
-        if self.fused is not False and keras.backend.backend() != "torch":
-            outputs = self._call_native(x, training, mask)
-            if outputs is not None:
-                return ops.cast(outputs, self.compute_dtype)
-
-        gamma = self._per_channel(self.gamma, dtype) if self.scale else None
-        beta = self._per_channel(self.beta, dtype) if self.center else None
-
-        if not training:
-            centered = x - self._per_channel(self.moving_mean, dtype)
-            variance = self._per_channel(self.moving_variance, dtype)
-            outputs = normalize(centered, variance, gamma, beta, self.epsilon)
-        else:
-            outputs = self._call_training(x, dtype, gamma, beta, mask)
-        return ops.cast(outputs, self.compute_dtype)
-
-    def _per_channel(self, value, dtype, shape=None):
-        """Returns a per-channel weight in `dtype`, shaped to broadcast against the input or to `shape`."""
-        shape = self._broadcast_shape if shape is None else shape
-        value = ops.cast(value, dtype)
-        if shape[-1] == value.shape[-1] and len(value.shape) == 1:
-            return value  # channels last: a (C,) vector already broadcasts
-        return ops.reshape(value, shape)
-
-    def _call_training(self, x, dtype, gamma, beta, mask):
-        """The hand-written training path: normalizes with the batch statistics, updates the moving ones."""
-        weights, keras_mask = (None, False) if mask is None else _layout.mask_weights(self, mask, x)
-        if self.momentum is None or self.unbiased_variance or self.virtual_batch_size is not None:
-            keras_mask = False  # options Keras's layer lacks: a channel left empty keeps keras-bn's rule
-        shape = self._broadcast_shape
-        axes = self._reduction_axes
-        original_shape = ops.shape(x)
-        if self.virtual_batch_size is not None:
-            x = self._ghost_batches(x)
-            if weights is not None:
-                weights = self._ghost_batches(ops.broadcast_to(weights, original_shape))
-            # A new leading axis counts the groups; it is kept, not reduced.
-            shape = (1,) + shape
-            axes = tuple(a + 1 for a in axes)
-            gamma = None if gamma is None else ops.reshape(gamma, shape)
-            beta = None if beta is None else ops.reshape(beta, shape)
-        all_reduce = replica_sum() if self.synchronized else None
-
-        # With the closed-form backward (keras_bn/_gradient.py) the statistics
-        # record no gradient: the normalize step's own gradient accounts for them.
-        def statistics(source):
-            mean, variance, count, centered = moments(source, axes, weights, all_reduce)
-            if weights is not None and keras_mask is not True:
-                # A channel with no unmasked position has no batch statistics:
-                # use the moving ones, which also leaves them unchanged below.
-                # A mask read as Keras reads it gives Keras's numbers there:
-                # a mean and a variance of 0 (`moments` divides 0 by 1), which
-                # the moving averages take in.
-                seen = ops.logical_or(count > 0, keras_mask)
-                mean = ops.where(seen, mean, self._per_channel(self.moving_mean, dtype, shape))
-                variance = ops.where(
-                    seen, variance, self._per_channel(self.moving_variance, dtype, shape)
-                )
-                centered = source - mean
-            if weights is not None and keras_mask is not False:
-                count = ops.where(ops.logical_and(count == 0, keras_mask), ops.ones_like(count), count)
-            return mean, variance, count, centered
-
-        hand_written = _gradient.hand_written()
-        mean, variance, count, centered = statistics(ops.stop_gradient(x) if hand_written else x)
-
-        if self.renorm:
-            r, d = _moving.renorm_correction(self, mean, variance, shape)
-            # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
-            offset = d if gamma is None else d * gamma
-            beta = offset if beta is None else offset + beta
-            gamma = r if gamma is None else r * gamma
-        if hand_written:
-            outputs = _gradient.normalize(
-                x, centered, variance, gamma, beta, self.epsilon,
-                axes=axes, count=count, weights=weights, all_reduce=all_reduce,
-                recompute=lambda source: statistics(source)[1::2],
-            )
-        else:
-            outputs = normalize(centered, variance, gamma, beta, self.epsilon)
-        if self.virtual_batch_size is not None:
-            outputs = ops.reshape(outputs, original_shape)
-        self._update_statistics(mean, variance, count)
-        return outputs
-
-    def _call_native(self, x, training, mask):
-        """Returns the outputs from TensorFlow's kernel (`_native`), or `None` for the hand-written path.
-
-        On JAX it only refuses `fused=True`; PyTorch's kernel is called from `_torch_path`.
-        """
+            layout.mask_readings(mask.shape, inputs.shape, spec.layout)  # refused, as Keras refuses it
+        x = paths.upcast(inputs)
         all_reduce = replica_sum() if training and self.synchronized else None
-        if not _native.kernel_applies(self, x, training=training, mask=mask, all_reduce=all_reduce):
-            return None
-        if not training:
-            return _native.tensorflow_batch_norm(self, x, training=False)[0]
-        count = count_along(x, self._reduction_axes)
-        self._check_count(count)
-        outputs, mean, variance = _native.tensorflow_batch_norm(self, x, training=True)
-        if self.virtual_batch_size is not None:
-            # The statistics of each ghost batch, group-major. Their number comes from
-            # the kernel's output, which a traced graph computes only after the layer's
-            # check that v divides the batch (from the input, a batch smaller than v
-            # would divide by zero first).
-            channels = ops.shape(self.moving_mean)[0]
-            mean, variance = (ops.reshape(s, (-1, channels)) for s in (mean, variance))
-            count = count // ops.shape(mean)[0]
-        self._update_statistics(mean, _native.biased(variance, count), count)
-        return outputs
+        # One path for the whole call: the backend's kernel or the reference in keras.ops.
+        forward = paths.choose(spec, x, training=training, mask=mask, all_reduce=all_reduce)
+        outputs = forward(x, self._weights(), spec)
+        return paths.cast(outputs, self.compute_dtype)
 
-    def _check_count(self, count):
-        """Refuses a batch too small for the unbiased variance (`_moving.check_count`)."""
-        _moving.check_count(self, count)
+    def _spec(self):
+        """Returns the layout and the options as this call reads them (`_layer/spec.py`)."""
+        return Spec(
+            layout=self._layout,
+            epsilon=self.epsilon,
+            momentum=self.momentum,
+            renorm=self.renorm,
+            renorm_clipping=self.renorm_clipping,
+            renorm_momentum=self.renorm_momentum,
+            virtual_batch_size=self.virtual_batch_size,
+            unbiased_variance=self.unbiased_variance,
+            fused=self.fused,
+        )
 
-    def _update_statistics(self, mean, variance, count):
-        """Folds the batch statistics into the moving averages (`_moving.update_statistics`)."""
-        _moving.update_statistics(self, mean, variance, count)
+    def _weights(self):
+        """Returns the variables the paths read and assign, `None` for those the options do not use."""
+        renorm = self.renorm
+        return Weights(
+            gamma=self.gamma if self.scale else None,
+            beta=self.beta if self.center else None,
+            moving_mean=self.moving_mean,
+            moving_variance=self.moving_variance,
+            moving_stddev=getattr(self, "moving_stddev", None) if renorm else None,
+            renorm_mean=getattr(self, "renorm_mean", None) if renorm else None,
+            renorm_stddev=getattr(self, "renorm_stddev", None) if renorm else None,
+            num_batches_tracked=getattr(self, "num_batches_tracked", None) if self.momentum is None else None,
+        )
 
     # -- serialization ------------------------------------------------------------
 

@@ -11,18 +11,18 @@ import keras
 def kernel_at_any_size():
     """Within the block `fused=None` trains on TensorFlow's kernel whatever the input's size.
 
-    Without a GPU it trains inputs of fewer than `_native.CPU_MIN_SAMPLE_VALUES`
+    Without a GPU it trains inputs of fewer than `paths.CPU_MIN_SAMPLE_VALUES`
     values per sample on the hand-written path, and the tests' inputs are that small:
     the option matrix and the property tests are to run the kernel where it applies.
     """
-    from keras_bn._layer import native as _native
+    from keras_bn._layer import paths
 
-    saved = _native.CPU_MIN_SAMPLE_VALUES
-    _native.CPU_MIN_SAMPLE_VALUES = 0
+    saved = paths.CPU_MIN_SAMPLE_VALUES
+    paths.CPU_MIN_SAMPLE_VALUES = 0
     try:
         yield
     finally:
-        _native.CPU_MIN_SAMPLE_VALUES = saved
+        paths.CPU_MIN_SAMPLE_VALUES = saved
 
 
 def to_numpy(x):

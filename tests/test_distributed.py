@@ -62,7 +62,7 @@ y = np.concatenate([p.numpy() for p in parts])
 
 # Input gradients with the global statistics, both backward passes, against
 # one device holding the whole batch.
-from keras_bn._layer import gradient as _gradient
+from keras_bn._layer import paths
 dy = rng.normal(size=x.shape).astype("float32")
 xt = tf.constant(x)
 with tf.GradientTape() as tape:
@@ -83,7 +83,7 @@ def grad_gap(hand_written):
             loss = tf.reduce_sum(synced(t, training=True) * d)
         return tape.gradient(loss, t)
 
-    with _gradient.use_hand_written(hand_written):
+    with paths.use_hand_written(hand_written):
         grads = strategy.run(tf.function(replica), args=pairs)
     grads = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads)])
     return float(np.abs(grads - grad_reference).max())

@@ -1,4 +1,4 @@
-"""The closed-form backward of `ManualBatchNorm` (keras_bn/_gradient.py) against autodiff.
+"""The closed-form backward of `ManualBatchNorm` (keras_bn/_layer/reference.py) against autodiff.
 
 Two references: autodiff of the plain formula written here (a small Keras layer,
 so each backend differentiates it its own way), and autodiff of `ManualBatchNorm`'s
@@ -16,7 +16,7 @@ import pytest
 from helpers import gradient_penalty_grads, input_and_weight_grads
 from keras import ops
 
-from keras_bn._layer import gradient as _gradient
+from keras_bn._layer import paths
 from keras_bn.batch_norm import ManualBatchNorm
 
 
@@ -72,7 +72,7 @@ def _same_weights(layer, gamma, beta):
 
 
 def _grads(layer, x, dy, hand_written):
-    with _gradient.use_hand_written(hand_written):
+    with paths.use_hand_written(hand_written):
         return input_and_weight_grads(layer, x, dy)
 
 
@@ -183,7 +183,7 @@ def test_second_derivatives_match_autodiff(options, masked):
         layer.gamma.assign(np.linspace(0.5, 2.0, layer.gamma.shape[0]).astype("float32"))
         if mask is not None:
             layer = _WithMask(layer, mask)
-        with _gradient.use_hand_written(hand_written):
+        with paths.use_hand_written(hand_written):
             results.append(gradient_penalty_grads(layer, x, upstream, direction))
     _assert_close(*results)
     assert np.abs(results[1][0]).max() > 0.1  # the reference is not trivially zero
@@ -213,7 +213,7 @@ def test_hand_written_trains_the_same_as_autodiff():
     y = rng.normal(size=(32, 3)).astype("float32")
     weights = []
     for hand_written in (True, False):
-        with _gradient.use_hand_written(hand_written):
+        with paths.use_hand_written(hand_written):
             keras.utils.set_random_seed(0)
             model = keras.Sequential(
                 [
@@ -233,10 +233,10 @@ def test_hand_written_trains_the_same_as_autodiff():
 
 
 def test_default_is_a_bool_per_backend():
-    assert set(_gradient.DEFAULT) == {"tensorflow", "jax", "torch"}
-    with _gradient.use_hand_written(False):
-        assert _gradient.hand_written() is False
-        with _gradient.use_hand_written(True):
-            assert _gradient.hand_written() is True
-        assert _gradient.hand_written() is False
-    assert _gradient.hand_written() is _gradient.DEFAULT[keras.backend.backend()]
+    assert set(paths.DEFAULT) == {"tensorflow", "jax", "torch"}
+    with paths.use_hand_written(False):
+        assert paths.hand_written() is False
+        with paths.use_hand_written(True):
+            assert paths.hand_written() is True
+        assert paths.hand_written() is False
+    assert paths.hand_written() is paths.DEFAULT[keras.backend.backend()]

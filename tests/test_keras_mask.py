@@ -24,7 +24,7 @@ import pytest
 import keras
 from helpers import input_and_weight_grads, kernel_at_any_size, to_numpy
 from keras_bn import ManualBatchNorm
-from keras_bn._layer import gradient as _gradient, native as _native
+from keras_bn._layer import paths
 
 BACKEND = keras.backend.backend()
 # Keras's layer divides by `count + 1e-7` where ours divides by `count`, and its
@@ -110,7 +110,7 @@ def test_keras_masks_give_keras_numbers(shape, axis, mask_shape, backward):
     x = rng.normal(2.0, 3.0, size=shape).astype("float32")
     mask = _mask(rng, mask_shape, axis, len(shape))
     ours, reference = _pair(shape, axis, rng, momentum=0.7)
-    with _gradient.use_hand_written(backward == "closed-form"):
+    with paths.use_hand_written(backward == "closed-form"):
         y = to_numpy(ours(x, training=True, mask=mask))
     _assert_close(y, to_numpy(reference(x, training=True, mask=mask)))
     _assert_same_state(ours, reference)
@@ -127,7 +127,7 @@ def test_keras_masks_give_keras_numbers(shape, axis, mask_shape, backward):
 
     dy = rng.normal(size=shape).astype("float32")
     ours, reference = _pair(shape, axis, rng)
-    with _gradient.use_hand_written(backward == "closed-form"):
+    with paths.use_hand_written(backward == "closed-form"):
         grads = input_and_weight_grads(_WithMask(ours, mask), x, dy)
     for a, b in zip(grads, input_and_weight_grads(_WithMask(reference, mask), x, dy), strict=True):
         _assert_close(a, b)
@@ -291,7 +291,7 @@ def test_kernel_path_with_keras_masks(shape, axis, mask_shape):
         _assert_close(to_numpy(ours(x, training=True, mask=mask)),
                       to_numpy(reference(x, training=True, mask=mask)))
         _assert_same_state(ours, reference)
-    if BACKEND not in _native.NATIVE_BACKENDS:
+    if BACKEND not in paths.NATIVE_BACKENDS:
         return  # JAX has no kernel: fused=True is refused at construction (tests/test_native.py)
     # fused=True: the kernel in inference, where the mask changes nothing; refused in
     # training, where the kernel cannot leave positions out.

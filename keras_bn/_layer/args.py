@@ -13,6 +13,7 @@ __all__ = [
     "as_float",
     "check_epsilon",
     "check_flag",
+    "check_fused",
     "check_momentum",
     "check_renorm_clipping",
     "check_virtual_batch_size",
@@ -160,3 +161,13 @@ def check_virtual_batch_size(virtual_batch_size, synchronized):
             f"virtual_batch_size={virtual_batch_size!r}, synchronized=True"
         )
     return virtual_batch_size
+
+
+def check_fused(value):
+    """Returns `value` if it is `None`, `True` or `False`, else raises a `TypeError`."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            "`fused` must be None (the native kernel where the options allow it), "
+            f"True (always the native kernel) or False (never). Received: fused={value!r}"
+        )
+    return value

@@ -3,23 +3,28 @@
 These functions map the input's layout onto the reduction the statistics
 need, and refuse what does not fit with the layer's own messages (which
 contain Keras's words where Keras's layer raises too): the `axis` argument
-resolved against the input's rank, a mask read as Keras reads it (or at
-`axis`, where Keras's reading cannot apply) and turned into 0/1 weights that
-broadcast against the input, and the batch reshaped into ghost batches of
-`virtual_batch_size` samples (checked when the graph runs if the batch size is
-known only then). Each takes the layer whose options it reads.
+resolved against the input's shape (`resolve`, at `build`), a mask read as
+Keras reads it (or at `axis`, where Keras's reading cannot apply) and turned
+into 0/1 weights that broadcast against the input, and the batch reshaped into
+ghost batches of `virtual_batch_size` samples (checked when the graph runs if
+the batch size is known only then). They take shapes, arrays, the `Layout`
+and plain arguments.
 """
+
+import math
 
 import keras
 from keras import ops
 
-__all__ = ["channel_axes", "ghost_batches", "mask_readings", "mask_weights"]
+from keras_bn._layer.spec import Layout
+
+__all__ = ["channel_axes", "ghost_batches", "mask_readings", "mask_weights", "resolve"]
 
 
-def channel_axes(layer, input_shape):
-    """Returns the channel axes as sorted non-negative ints, validated against `input_shape`."""
+def channel_axes(axis, input_shape, *, virtual_batch_size):
+    """Returns the channel axes of `axis` as sorted non-negative ints, validated against `input_shape`."""
     rank = len(input_shape)
-    axes = layer.axis if isinstance(layer.axis, tuple) else (layer.axis,)
+    axes = axis if isinstance(axis, tuple) else (axis,)
     resolved = []
     for a in axes:
         if not -rank <= a < rank:
@@ -27,20 +32,45 @@ def channel_axes(layer, input_shape):
             raise ValueError(
                 f"Axis {a} is out of bounds for input shape {tuple(input_shape)}: "
                 f"`axis` must be in [-{rank}, {rank}) for an input of rank "
-                f"{rank}. Received: axis={layer.axis!r}"
+                f"{rank}. Received: axis={axis!r}"
             )
         resolved.append(a % rank)
     if len(set(resolved)) != len(resolved):
         raise ValueError(
             f"`axis` names the same axis twice for an input of rank {rank}. "
-            f"Received: axis={layer.axis!r}"
+            f"Received: axis={axis!r}"
         )
-    if layer.virtual_batch_size is not None and 0 in resolved:
+    if virtual_batch_size is not None and 0 in resolved:
         raise ValueError(
             "With `virtual_batch_size`, axis 0 is the batch axis and cannot be "
-            f"a channel axis. Received: axis={layer.axis!r}"
+            f"a channel axis. Received: axis={axis!r}"
         )
     return tuple(sorted(resolved))
+
+
+def resolve(axis, input_shape, *, virtual_batch_size):
+    """Returns the `Layout` of `axis` for inputs of `input_shape`, or raises what does not fit."""
+    rank = len(input_shape)
+    if rank == 0:
+        raise ValueError(
+            "ManualBatchNorm needs an input of rank at least 1. "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
+    axes = channel_axes(axis, input_shape, virtual_batch_size=virtual_batch_size)
+    for a in axes:
+        if input_shape[a] is None:
+            raise ValueError(
+                "The size of the channel axis must be known to create the "
+                f"weights, but axis {a} of the input is `None`. Received: "
+                f"input_shape={tuple(input_shape)}, axis={axis!r}"
+            )
+    return Layout(
+        axis=axis,
+        channel_axes=axes,
+        reduction_axes=tuple(i for i in range(rank) if i not in axes),
+        broadcast_shape=tuple(int(input_shape[i]) if i in axes else 1 for i in range(rank)),
+        channels=math.prod(int(input_shape[a]) for a in axes),
+    )
 
 
 def _with_unit_axis(shape, at):
@@ -53,7 +83,7 @@ def _broadcasts(shape, target):
     return all(m is None or x is None or m in (1, x) for m, x in zip(shape, target))
 
 
-def mask_readings(layer, mask_shape, input_shape):
+def mask_readings(mask_shape, input_shape, layout):
     """Returns where a mask of `mask_shape` may get its size-1 axis, in order of preference.
 
     The rule (docs/guide/masking.md): a mask of the input's rank broadcasts
@@ -68,10 +98,10 @@ def mask_readings(layer, mask_shape, input_shape):
     """
     mask_shape, input_shape = tuple(mask_shape), tuple(input_shape)
     rank = len(input_shape)
-    channels = layer._channel_axes_resolved
+    channels = layout.channel_axes
     received = (
         f"Received: mask.shape={mask_shape} for inputs.shape={input_shape} "
-        f"and axis={layer.axis!r}"
+        f"and axis={layout.axis!r}"
     )
     if len(mask_shape) == rank:
         candidates = [None]
@@ -97,7 +127,7 @@ def mask_readings(layer, mask_shape, input_shape):
     return readings
 
 
-def mask_weights(layer, mask, inputs):
+def mask_weights(mask, inputs, layout):
     """Returns `(weights, keras)`: the mask as 0/1 weights broadcastable to `inputs`, read as `mask_readings` says.
 
     `keras` says whether it was read as Keras's layer reads it (a bool, or a
@@ -105,7 +135,7 @@ def mask_weights(layer, mask, inputs):
     channel such a mask leaves nothing to count then gets Keras's numbers.
     """
     rank = len(inputs.shape)
-    readings = mask_readings(layer, mask.shape, inputs.shape)
+    readings = mask_readings(mask.shape, inputs.shape, layout)
     at = readings[-1]
     keras_reading = readings[0] == rank - 1
     if len(readings) > 1 and None in tuple(mask.shape)[at:] + tuple(inputs.shape)[at:-1]:
@@ -138,9 +168,8 @@ def _read_when_run(mask, inputs, at):
     return mask, fits
 
 
-def ghost_batches(layer, x):
-    """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)`, checking that v divides the batch."""
-    v = layer.virtual_batch_size
+def ghost_batches(x, v):
+    """Reshapes `x` from `(batch, ...)` to `(batch // v, v, ...)`, checking that `v` divides the batch."""
     batch = x.shape[0]
     message = "The batch size must be a multiple of `virtual_batch_size`. Received: a batch of {}"
     message += f" with virtual_batch_size={v}"

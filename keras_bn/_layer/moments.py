@@ -12,7 +12,7 @@ import functools
 import keras
 from keras import ops
 
-__all__ = ["count_along", "mean_where", "moments", "normalize", "replica_sum"]
+__all__ = ["biased_variance", "count_along", "mean_where", "moments", "normalize", "replica_sum"]
 
 
 def count_along(x, axes):
@@ -134,6 +134,21 @@ def normalize(centered, variance, gamma, beta, epsilon):
         inv = inv * gamma
     outputs = centered * inv
     return outputs if beta is None else outputs + beta
+
+
+def biased_variance(variance, count):
+    """Returns a kernel's Bessel-corrected batch `variance` times `(n - 1) / n`, `n = count`.
+
+    The framework kernels return the batch variance with Bessel's correction,
+    which Keras does not keep in the moving variance. `count` is a Python int
+    or a scalar tensor. For `n = 1` the kernels return 0 (uncorrected), and 0
+    it stays; for `n = 0` the mean is NaN and the update leaves the moving
+    statistics alone.
+    """
+    if isinstance(count, int):
+        return variance * (max(count - 1, 0) / max(count, 1))
+    n = ops.cast(count, variance.dtype)
+    return variance * (ops.maximum(n - 1.0, 0.0) / ops.maximum(n, 1.0))
 
 
 def mean_where(values, usable):

@@ -1,33 +1,37 @@
-"""`ManualBatchNorm` on PyTorch: the call, the kernel's and the closed-form paths, in direct torch calls.
+"""`ManualBatchNorm` on PyTorch: its kernel, and the plain case in direct torch calls.
 
 The PyTorch backend runs eagerly: Keras's `Layer.__call__` runs at every step
-(`plain_call` skips it where it changes nothing), and every `keras.ops` call is
-a Python function that converts and checks its arguments before PyTorch
-launches a kernel, and PyTorch's autograd then records every one of them. On the notebook's network
-that made batch norm cost three times what `nn.BatchNorm2d` costs in plain
-PyTorch (docs/benchmarks.md). Here the same formulas run as a few torch calls:
+(`plain_call` finds the calls where it changes nothing, which skip it), and
+every `keras.ops` call is a Python function that converts and checks its
+arguments before PyTorch launches a kernel, and autograd then records every
+one of them. At the notebook network's sizes that work cost more than the
+arithmetic (docs/benchmarks.md), so here the layer's formulas run as a few
+torch calls:
 
-- the batch mean, then the biased variance as the mean of squared deviations
-  from it (two passes, like `_moments.moments`: no `E[x^2] - E[x]^2` cancellation).
-  Not `torch.var_mean`: on CPU its Welford loop ran 10 to 15 times slower than
-  these two passes on the network's channels-first shapes;
-- `x_hat * gamma + beta` with `x_hat = (x - mean) / sqrt(var + epsilon)`,
-  centered first as in `_moments.normalize`;
-- in training, the paper's closed-form backward (keras_bn/_gradient.py) as a
-  `torch.autograd.Function`: five passes over the data instead of autograd's
-  dozen. Asked for a gradient of the gradient, it recomputes `x_hat` from `x`
-  with recorded ops, so higher derivatives stay exact;
-- the moving averages `moving * momentum + batch * (1 - momentum)` without
-  recording a gradient, a channel with a NaN or Inf statistic left unchanged.
+- the kernel, `torch.nn.functional.batch_norm` (cuDNN on CUDA tensors), in
+  training and inference, any single channel axis: channel axis 1 as it is, a
+  last channel axis of a 4-D or 5-D input as a channels-last view, else a
+  reshape to `(before, C, after)`. The batch statistics come back through one
+  fresh `(2, C)` buffer updated with momentum 1; in training they carry
+  Bessel's correction, which is undone before the update, as on TensorFlow.
+  Ghost batches take it with each ghost batch's channels as channels of their
+  own (a copy in and out); a batch of one value per channel, which the kernel
+  refuses, takes the closed form;
+- the plain case (no mask, ghost batches or renorm, a fixed momentum, no
+  process group) for `fused=False` and where the kernel does not apply: the
+  batch mean, then the biased variance as the mean of squared deviations from
+  it (two passes, like `moments.moments`: no `E[x^2] - E[x]^2` cancellation;
+  not `torch.var_mean`, whose Welford loop was the slower on CPU,
+  docs/benchmarks.md), `x_hat * gamma + beta` centered first as in
+  `moments.normalize`, and the paper's closed-form backward
+  (keras_bn/_layer/reference.py) as a `torch.autograd.Function`. Asked for a
+  gradient of the gradient, it recomputes `x_hat` from `x` with recorded ops,
+  so higher derivatives stay exact;
+- inference with the moving statistics in direct calls wherever the kernel
+  does not apply.
 
-With `fused=None` or `True` the plain case runs PyTorch's own kernel instead
-(`native_training`, keras_bn/_native.py), which shares the moving-average
-update; this hand-written path is `fused=False` and the fallback.
-
-Only the plain case comes here: no mask, no ghost batches, no renorm, a fixed
-momentum, no active process group, closed-form backward chosen. Everything else
-runs the general code, and the tests hold both to the same NumPy references
-and to autodiff.
+Everything else runs the reference path in `keras.ops`, and the tests hold
+every path to the same NumPy references and to autodiff.
 """
 
 import functools
@@ -35,120 +39,197 @@ import math
 
 import keras
 import torch
+import torch.nn.functional as F
 
 from keras_bn import _keras_compat
-from keras_bn._layer import gradient as _gradient, native as _native
+from keras_bn._layer import moving
+from keras_bn._layer.moments import biased_variance
 
-def plain_call(layer, args, kwargs):
-    """Returns `layer(*args, **kwargs)` without Keras's per-call work, or `None` where that work matters.
+__all__ = ["batch_norm", "choose", "plain_call"]
 
-    PyTorch runs eagerly, so `Layer.__call__`'s work (converting and checking the
-    inputs, resolving `training` and masks, scopes) is paid at every step, and
-    at the network's sizes it cost more than the kernel (docs/benchmarks.md).
-    That work changes nothing for a built layer called on one PyTorch tensor of
-    its compute dtype and of the built shape, with `training` given as a bool,
-    no mask, and no `StatelessScope` or distribution open: this is that call.
-    Anything else returns `None` and takes `Layer.__call__`.
+
+def plain_call(args, kwargs, *, layout, input_dtype):
+    """Returns `(x, training)` of a built layer's call that Keras's per-call work would not change, else `None`.
+
+    That work (converting and checking the inputs, resolving `training` and
+    masks, scopes) changes nothing for one PyTorch tensor of the layer's input
+    dtype and of the built shape, with `training` given as a bool, no mask,
+    and no `StatelessScope` or distribution open.
     """
-    if len(args) != 1 or not layer.built:
+    if len(args) != 1:
         return None
     training = kwargs.get("training")
     if type(training) is not bool or kwargs.get("mask") is not None or len(kwargs) > 1 + ("mask" in kwargs):
         return None
     x = args[0]
-    shape = layer._broadcast_shape
+    shape = layout.broadcast_shape
     if (
         not isinstance(x, torch.Tensor)
         or _keras_compat.keras_mask(x) is not None
-        or str(x.dtype) != "torch." + layer.input_dtype
+        or str(x.dtype) != "torch." + input_dtype
         or x.dim() != len(shape)
-        or any(x.shape[a] != shape[a] for a in layer._channel_axes_resolved)
+        or any(x.shape[a] != shape[a] for a in layout.channel_axes)
     ):
         return None
-    if (
-        _keras_compat.stateless_scope_open()
-        or keras.distribution.distribution() is not None
-        or _keras_compat.remat_mode(layer) is not None
-        or layer.activity_regularizer is not None
-    ):
+    if _keras_compat.stateless_scope_open() or keras.distribution.distribution() is not None:
         return None
-    return layer.call(x, training=training)
+    return x, training
 
 
-def call(layer, inputs, training, mask, all_reduce):
-    """Returns the outputs of `layer.call` on PyTorch, or `None` for the general code.
+def upcast(inputs):
+    """Returns `inputs` as float32 unless they are float32 or float64 already (`paths.upcast`)."""
+    return inputs if inputs.dtype in (torch.float32, torch.float64) else inputs.to(torch.float32)
 
-    The native kernel where `fused` and the options allow it, else the
-    closed-form path below where it applies. `fused=True` raises when the
-    kernel is ruled out. `all_reduce` sums over replicas, or is `None`.
-    """
-    # As the general code: float64 stays, everything else computes in float32.
-    x = inputs if inputs.dtype in (torch.float32, torch.float64) else inputs.to(torch.float32)
-    outputs = None
-    if layer.fused is not False:
-        outputs = _kernel_call(layer, x, training, mask, all_reduce)
-    if outputs is None:
-        outputs = _hand_written_call(layer, x, training, mask, all_reduce)
-    if outputs is None:
-        return None
-    dtype = getattr(torch, layer.compute_dtype)
+
+def cast(outputs, dtype):
+    """Returns `outputs` in `dtype`, a dtype name."""
+    dtype = getattr(torch, dtype)
     return outputs if outputs.dtype == dtype else outputs.to(dtype)
 
 
-def _count(layer, x):
-    """Returns how many values each channel's statistics see in `x` (a Python int)."""
-    return x.numel() // max(math.prod(layer._broadcast_shape), 1)
+def choose(spec, x, *, training, mask, all_reduce, kernel, closed_form):
+    """Returns this call's forward on PyTorch, or `None` for the reference path.
 
-
-def _kernel_call(layer, x, training, mask, all_reduce):
-    """Returns the outputs from PyTorch's kernel, or `None` when this call takes another path."""
-    if not _native.kernel_applies(layer, x, training=training, mask=mask, all_reduce=all_reduce):
-        return None
+    `kernel` says whether the kernel applies (`paths.kernel_applies`),
+    `closed_form` whether the closed-form backward is chosen.
+    """
     if not training:
-        return _native.torch_batch_norm(layer, x, training=False)[0]
-    count = _count(layer, x)
-    layer._check_count(count)
-    v = layer.virtual_batch_size
-    if v is not None and (x.shape[0] % v or count // (x.shape[0] // v) < 2):
-        return None  # the hand-written path refuses the batch or takes it
-    if count < 2:
-        return None  # PyTorch's kernel refuses one value per channel
-    return native_training(layer, x, count)
-
-
-def _hand_written_call(layer, x, training, mask, all_reduce):
-    """Returns the outputs of the closed-form path, or `None` when the general code must run."""
-    if not training:
-        return inference(layer, x)
-    if not _gradient.hand_written() or not applies(layer, mask, all_reduce):
-        return None  # autodiff of the general code, or an option only it has
-    count = _count(layer, x)
-    if count == 0:
-        return None  # an empty batch: the general code leaves every statistic alone
-    layer._check_count(count)
-    return training_call(layer, x, count)
-
-
-def applies(layer, mask, all_reduce):
-    """Returns whether a training call of `layer` can take this path."""
-    return (
-        mask is None
-        and all_reduce is None
-        and layer.virtual_batch_size is None
-        and not layer.renorm
-        and layer.momentum is not None
+        return kernel_inference if kernel else inference
+    count = _count(x, spec)
+    if kernel:
+        moving.check_count(count, spec.unbiased_variance)
+        v = spec.virtual_batch_size
+        # PyTorch's kernel refuses one value per channel (in a ghost batch too);
+        # a batch that v does not divide gets the reference path's error.
+        if count >= 2 and (v is None or (x.shape[0] % v == 0 and count // (x.shape[0] // v) >= 2)):
+            return kernel_training
+    plain = (
+        mask is None and all_reduce is None and spec.virtual_batch_size is None
+        and not spec.renorm and spec.momentum is not None
     )
+    if closed_form and plain and count > 0:  # an empty batch: the reference leaves every statistic alone
+        moving.check_count(count, spec.unbiased_variance)
+        return closed_form_training
+    return None
 
 
-def _per_channel(layer, variable, dtype):
-    """Returns the (C,) `variable` as a tensor of `dtype` shaped to broadcast against the input."""
-    return variable.value.to(dtype).reshape(layer._broadcast_shape)
+def _count(x, spec):
+    """Returns how many values each channel's statistics see in `x` (a Python int)."""
+    return x.numel() // max(spec.layout.channels, 1)
 
 
-def _parameters(layer, dtype):
+# -- the kernel -----------------------------------------------------------------------
+
+
+def kernel_inference(x, weights, spec):
+    """Returns `x` normalized with the moving statistics by `F.batch_norm`."""
+    return batch_norm(
+        x, weights.gamma, weights.beta, weights.moving_mean, weights.moving_variance,
+        channel=spec.layout.channel_axes[0], epsilon=spec.epsilon, training=False,
+    )[0]
+
+
+def kernel_training(x, weights, spec):
+    """Returns `x` normalized with its batch statistics by `F.batch_norm`, and updates the moving ones.
+
+    There are at least 2 values per channel (per ghost batch): the kernel's
+    unbiased batch variance is made biased again before the update, which
+    keeps Keras's convention.
+    """
+    outputs, statistics = batch_norm(
+        x, weights.gamma, weights.beta, None, None,
+        channel=spec.layout.channel_axes[0], epsilon=spec.epsilon, training=True,
+        virtual_batch_size=spec.virtual_batch_size,
+    )
+    groups = statistics.shape[1] // spec.layout.channels  # ghost batches
+    count = _count(x, spec) // groups
+    if spec.momentum is None or groups > 1:
+        # The general update: the cumulative average, the mean over ghost batches.
+        mean, variance = statistics.reshape(2, groups, -1) if groups > 1 else statistics
+        moving.update_statistics(weights, mean, biased_variance(variance, count), count, spec)
+    else:
+        _update(weights, statistics, 1.0 if spec.unbiased_variance else (count - 1) / count, spec.momentum)
+    return outputs
+
+
+def batch_norm(x, gamma, beta, moving_mean, moving_variance, *, channel, epsilon, training,
+               virtual_batch_size=None):
+    """Returns `(outputs, statistics)` from `F.batch_norm`.
+
+    In training `statistics` is the `(2, C)` tensor of the batch mean and the
+    Bessel-corrected batch variance, which the kernel fills; with ghost batches
+    it has `groups * C` columns, group-major. In inference it is `None`. The
+    same on every device: the buffer is made on `x`'s device in its dtype.
+    """
+    groups, ungroup = 1, None
+    if training and virtual_batch_size is not None:
+        groups = x.shape[0] // virtual_batch_size
+        x, ungroup = _ghost_channels(x, channel, groups)
+    rank = x.dim()
+    channels = x.shape[channel]
+    if channel == 1:
+        view, undo = x, None
+    elif channel == rank - 1 and rank in (4, 5):
+        # A channels-last view: PyTorch runs its channels-last kernel, no copy.
+        view, undo = x.movedim(-1, 1), lambda y: y.movedim(1, -1)
+    else:
+        before = math.prod(x.shape[:channel])
+        view, undo = x.reshape(before, channels, -1), lambda y: y.reshape(x.shape)
+    weight = _parameter(gamma, x.dtype, groups)
+    bias = _parameter(beta, x.dtype, groups)
+    statistics = None
+    if training:
+        # Momentum 1 makes the buffers the batch mean and unbiased variance:
+        # one allocation for both, each of which costs more than the kernel's
+        # work on small tensors.
+        statistics = torch.zeros(2, channels, dtype=x.dtype, device=x.device)
+        mean, variance = statistics
+        momentum = 1.0
+    else:
+        mean = moving_mean.value.to(x.dtype)
+        variance = moving_variance.value.to(x.dtype)
+        momentum = 0.0
+    outputs = F.batch_norm(view, mean, variance, weight, bias, training, momentum, epsilon)
+    outputs = outputs if undo is None else undo(outputs)
+    return (outputs if ungroup is None else ungroup(outputs)), statistics
+
+
+def _ghost_channels(x, channel, groups):
+    """Returns `x` with its `groups` ghost batches as channels, and the function that undoes it.
+
+    `(groups * v, ..., C, ...)` becomes `(v, ..., groups * C, ...)`, group-major: the
+    kernel's channel `g * C + c` is channel `c` of ghost batch `g`. One copy in, one
+    out (and their backward): the price of one kernel call for every group.
+    """
+    grouped = x.reshape(groups, x.shape[0] // groups, *x.shape[1:]).movedim(0, channel)
+    merged_shape = (*grouped.shape[:channel], -1, *grouped.shape[channel + 2:])
+
+    def undo(y):
+        return y.reshape(grouped.shape).movedim(channel, 0).reshape(x.shape)
+
+    return grouped.reshape(merged_shape), undo
+
+
+def _parameter(variable, dtype, groups):
+    """Returns `variable` (gamma or beta) in `dtype`, repeated for `groups` ghost batches, or `None`."""
+    if variable is None:
+        return None
+    value = variable.value.to(dtype)
+    return value if groups == 1 else value.repeat(groups)
+
+
+# -- the plain case in direct calls, with the closed-form backward ----------------------
+
+
+def _per_channel(variable, dtype, shape):
+    """Returns the (C,) `variable` as a tensor of `dtype` shaped `shape`, to broadcast against the input."""
+    return variable.value.to(dtype).reshape(shape)
+
+
+def _parameters(weights, dtype, shape):
     """Returns `(gamma, beta)` shaped to broadcast against the input, `None` for those absent."""
-    gamma = _per_channel(layer, layer.gamma, dtype) if layer.scale else None
-    beta = _per_channel(layer, layer.beta, dtype) if layer.center else None
+    gamma = None if weights.gamma is None else _per_channel(weights.gamma, dtype, shape)
+    beta = None if weights.beta is None else _per_channel(weights.beta, dtype, shape)
     return gamma, beta
 
 
@@ -164,7 +245,7 @@ def _normalize(centered, inv, gamma, beta):
     """Returns `centered * inv * gamma + beta` as a new tensor; `gamma`, `beta` may be `None`.
 
     The per-channel factor `inv * gamma` is formed first, so the full-size
-    tensor sees one multiply and one add, as in `_moments.normalize`.
+    tensor sees one multiply and one add, as in `moments.normalize`.
     """
     outputs = centered * (inv if gamma is None else inv * gamma)
     return outputs if beta is None else outputs.add_(beta)
@@ -208,45 +289,25 @@ class _BatchNorm(torch.autograd.Function):
         return dx, d_gamma, d_beta, None, None
 
 
-def inference(layer, x):
+def inference(x, weights, spec):
     """Returns `x` normalized with the moving statistics."""
-    centered = x - _per_channel(layer, layer.moving_mean, x.dtype)
-    inv = torch.rsqrt(_per_channel(layer, layer.moving_variance, x.dtype) + layer.epsilon)
-    return _normalize(centered, inv, *_parameters(layer, x.dtype))
+    shape = spec.layout.broadcast_shape
+    centered = x - _per_channel(weights.moving_mean, x.dtype, shape)
+    inv = torch.rsqrt(_per_channel(weights.moving_variance, x.dtype, shape) + spec.epsilon)
+    return _normalize(centered, inv, *_parameters(weights, x.dtype, shape))
 
 
-def training_call(layer, x, count):
-    """Returns `x` normalized with its batch statistics, and updates the moving ones.
-
-    `count` is how many values each channel's statistics see (a Python int).
-    """
-    gamma, beta = _parameters(layer, x.dtype)
-    outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, layer._reduction_axes, layer.epsilon)
-    factor = count / max(count - 1, 1) if layer.unbiased_variance else 1.0
-    _update(layer, torch.stack([mean.reshape(-1), variance.reshape(-1)]), factor)
+def closed_form_training(x, weights, spec):
+    """Returns `x` normalized with its batch statistics, and updates the moving ones."""
+    count = _count(x, spec)
+    gamma, beta = _parameters(weights, x.dtype, spec.layout.broadcast_shape)
+    outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, spec.layout.reduction_axes, spec.epsilon)
+    factor = count / max(count - 1, 1) if spec.unbiased_variance else 1.0
+    _update(weights, torch.stack([mean.reshape(-1), variance.reshape(-1)]), factor, spec.momentum)
     return outputs
 
 
-def native_training(layer, x, count):
-    """Returns `x` normalized by PyTorch's own kernel (`_native`), and updates the moving statistics.
-
-    `count` (a Python int) is how many values each channel's statistics see in
-    the whole batch, at least 2 per ghost batch: the kernel's unbiased batch variance is made biased again
-    before the update, which keeps Keras's convention.
-    """
-    outputs, statistics = _native.torch_batch_norm(layer, x, training=True)
-    groups = statistics.shape[1] // math.prod(layer.moving_mean.shape)  # ghost batches
-    count //= groups
-    if layer.momentum is None or groups > 1:
-        # The general update: the cumulative average, the mean over ghost batches.
-        mean, variance = statistics.reshape(2, groups, -1) if groups > 1 else statistics
-        layer._update_statistics(mean, _native.biased(variance, count), count)
-    else:
-        _update(layer, statistics, 1.0 if layer.unbiased_variance else (count - 1) / count)
-    return outputs
-
-
-def _update(layer, batch, factor):
+def _update(weights, batch, factor, momentum):
     """Folds the batch statistics into the moving averages, without gradient.
 
     `batch` is the `(2, C)` tensor of the batch mean and variance: both in one
@@ -255,19 +316,18 @@ def _update(layer, batch, factor):
     layer keeps (biased unless `unbiased_variance=True`). A channel with a NaN
     or Inf statistic keeps its moving statistics exactly.
     """
-    momentum = layer.momentum
     with torch.no_grad():
-        moving = (layer.moving_mean, layer.moving_variance)
-        values = [variable.value for variable in moving]
+        moving_ = (weights.moving_mean, weights.moving_variance)
+        values = [variable.value for variable in moving_]
         current = torch.stack(values).reshape(batch.shape).to(batch.dtype)
-        weights = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
-        new = torch.addcmul(current * momentum, batch, weights)
+        weights_ = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
+        new = torch.addcmul(current * momentum, batch, weights_)
         new = torch.where(torch.isfinite(batch), new, current)
         if not _keras_compat.stateless_scope_open():
             for value, new_value in zip(values, new):  # what `assign` does, without its checks
                 value.copy_(new_value.reshape(value.shape))
         else:  # a stateless call records the new values in its scope
-            for variable, new_value in zip(moving, new):
+            for variable, new_value in zip(moving_, new):
                 variable.assign(new_value.reshape(variable.shape))
 
 

@@ -1,7 +1,12 @@
-"""The backward pass of batch normalization in closed form (Ioffe and Szegedy, 2015, Section 3).
+"""`ManualBatchNorm`'s reference path: the formulas in `keras.ops`, every backend, every option.
 
-`ManualBatchNorm` computes its batch statistics without recording a gradient
-and hands the normalize step to `normalize`, whose gradient is the paper's
+Inference normalizes with the moving statistics; training with the batch
+statistics (`moments.moments`, masks and ghost batches laid out by `layout`),
+then folds them into the moving averages (`moving.update_statistics`). The
+gradient is autodiff's, or the paper's closed form (Ioffe and Szegedy, 2015,
+Section 3), which `paths.hand_written` chooses per backend. For the closed
+form the statistics are computed without recording a gradient and the
+normalize step gets `closed_form_normalize`, whose gradient is the paper's
 formula instead of the autodiff of every reduction. With
 `x_hat = (x - mean) / sqrt(var + epsilon)`, `y = gamma * x_hat + beta`, `m`
 values per channel and `dy` the upstream gradient:
@@ -16,43 +21,113 @@ Sums run over the reduced axes. A mask gives each position a weight `w` (0 or
 of sums per group; synchronized statistics sum `d_beta` and `d_gamma` over the
 replicas before forming `d_x` (the parameters' own gradients stay local, as
 autodiff gives them). docs/guide/backward.md derives it.
-
-Which backward a backend uses is the measured faster one (docs/benchmarks.md);
-`use_hand_written` switches it, for the tests that compare both and for the
-benchmarks.
 """
-
-import contextlib
 
 import keras
 from keras import ops
 
-#: Per backend, whether `ManualBatchNorm` uses the closed-form backward by default.
-#: Measured side by side on the notebook's network (benchmarks/bench.py).
-DEFAULT = {"tensorflow": True, "jax": False, "torch": True}
+from keras_bn._layer import layout, moving
+from keras_bn._layer.moments import moments, normalize
 
-_override = []
-
-
-def hand_written():
-    """Returns whether `ManualBatchNorm` uses the closed-form backward on the current backend."""
-    if _override:
-        return _override[-1]
-    return DEFAULT.get(keras.backend.backend(), False)
+__all__ = ["closed_form_normalize", "inference", "per_channel", "training"]
 
 
-@contextlib.contextmanager
-def use_hand_written(enabled):
-    """Within the block, `ManualBatchNorm` uses the closed-form backward if `enabled`, else autodiff.
+def per_channel(value, dtype, shape):
+    """Returns a per-channel weight in `dtype`, shaped `shape` to broadcast against the input."""
+    value = ops.cast(value, dtype)
+    if shape[-1] == value.shape[-1] and len(value.shape) == 1:
+        return value  # channels last: a (C,) vector already broadcasts
+    return ops.reshape(value, shape)
 
-    Layers read the switch when they are called, so a model traced inside the
-    block (a `tf.function`, a jitted JAX step) keeps the choice it was traced with.
+
+def _parameters(weights, dtype, shape):
+    """Returns `(gamma, beta)` in `dtype` shaped `shape`, `None` for those absent."""
+    gamma = None if weights.gamma is None else per_channel(weights.gamma, dtype, shape)
+    beta = None if weights.beta is None else per_channel(weights.beta, dtype, shape)
+    return gamma, beta
+
+
+def inference(x, weights, spec):
+    """Returns `x` normalized with the moving statistics."""
+    dtype, shape = keras.backend.standardize_dtype(x.dtype), spec.layout.broadcast_shape
+    gamma, beta = _parameters(weights, dtype, shape)
+    centered = x - per_channel(weights.moving_mean, dtype, shape)
+    variance = per_channel(weights.moving_variance, dtype, shape)
+    return normalize(centered, variance, gamma, beta, spec.epsilon)
+
+
+def training(x, weights, spec, *, mask, all_reduce, closed_form):
+    """Returns `x` normalized with its batch statistics, and updates the moving ones.
+
+    `mask` is the call's mask or `None`, `all_reduce` sums over replicas or is
+    `None`, `closed_form` chooses the closed-form backward over autodiff.
     """
-    _override.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _override.pop()
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    gamma, beta = _parameters(weights, dtype, spec.layout.broadcast_shape)
+    counted, keras_mask = (None, False) if mask is None else layout.mask_weights(mask, x, spec.layout)
+    if spec.momentum is None or spec.unbiased_variance or spec.virtual_batch_size is not None:
+        keras_mask = False  # options Keras's layer lacks: a channel left empty keeps keras-bn's rule
+    shape, axes, original_shape = spec.layout.broadcast_shape, spec.layout.reduction_axes, ops.shape(x)
+    v = spec.virtual_batch_size
+    if v is not None:
+        x = layout.ghost_batches(x, v)
+        if counted is not None:
+            counted = layout.ghost_batches(ops.broadcast_to(counted, original_shape), v)
+        # A new leading axis counts the groups; it is kept, not reduced.
+        shape = (1,) + shape
+        axes = tuple(a + 1 for a in axes)
+        gamma = None if gamma is None else ops.reshape(gamma, shape)
+        beta = None if beta is None else ops.reshape(beta, shape)
+
+    def statistics(source):
+        return _statistics(
+            source, axes=axes, counted=counted, all_reduce=all_reduce, keras_mask=keras_mask,
+            weights=weights, dtype=dtype, shape=shape,
+        )
+
+    # With the closed-form backward the statistics record no gradient: the
+    # normalize step's own gradient accounts for them.
+    mean, variance, count, centered = statistics(ops.stop_gradient(x) if closed_form else x)
+    if spec.renorm:
+        r, d = moving.renorm_correction(weights, mean, variance, shape, spec)
+        # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
+        offset = d if gamma is None else d * gamma
+        beta = offset if beta is None else offset + beta
+        gamma = r if gamma is None else r * gamma
+    if closed_form:
+        outputs = closed_form_normalize(
+            x, centered, variance, gamma, beta, spec.epsilon,
+            axes=axes, count=count, weights=counted, all_reduce=all_reduce,
+            recompute=lambda source: statistics(source)[1::2],
+        )
+    else:
+        outputs = normalize(centered, variance, gamma, beta, spec.epsilon)
+    if v is not None:
+        outputs = ops.reshape(outputs, original_shape)
+    moving.update_statistics(weights, mean, variance, count, spec)
+    return outputs
+
+
+def _statistics(source, *, axes, counted, all_reduce, keras_mask, weights, dtype, shape):
+    """Returns the batch mean, biased variance, count and deviations of `source` (`moments.moments`).
+
+    `counted` is the mask's 0/1 weights or `None`, `keras_mask` whether it was
+    read as Keras reads it (a bool, or a boolean tensor decided when a graph runs).
+    """
+    mean, variance, count, centered = moments(source, axes, counted, all_reduce)
+    if counted is not None and keras_mask is not True:
+        # A channel with no unmasked position has no batch statistics:
+        # use the moving ones, which also leaves them unchanged below.
+        # A mask read as Keras reads it gives Keras's numbers there:
+        # a mean and a variance of 0 (`moments` divides 0 by 1), which
+        # the moving averages take in.
+        seen = ops.logical_or(count > 0, keras_mask)
+        mean = ops.where(seen, mean, per_channel(weights.moving_mean, dtype, shape))
+        variance = ops.where(seen, variance, per_channel(weights.moving_variance, dtype, shape))
+        centered = source - mean
+    if counted is not None and keras_mask is not False:
+        count = ops.where(ops.logical_and(count == 0, keras_mask), ops.ones_like(count), count)
+    return mean, variance, count, centered
 
 
 def _sum_to(values, shape):
@@ -83,7 +158,7 @@ def _backward_is_recorded():
     return True
 
 
-def normalize(
+def closed_form_normalize(
     x, centered, variance, gamma, beta, epsilon, *, axes, count, weights=None, all_reduce=None,
     recompute=None,
 ):
