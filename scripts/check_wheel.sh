@@ -98,8 +98,10 @@ for name in names:
 for banned in ("tests/", "docs/", "examples/", "scripts/"):
     if any(f"/{banned}" in f"/{name}" for name in names):
         problems.append(f"the wheel holds {banned}")
-for required in ("keras_bn/__init__.py", "keras_bn/batch_norm.py", "keras_bn/experiment/cli.py",
-                 "_keras_bn_cli.py"):
+# Every module of the checkout's package, so that a subpackage left out of
+# pyproject.toml's explicit `packages` list fails here, not on a user's machine.
+sources = sorted(str(path.relative_to(root)) for path in (root / "keras_bn").rglob("*.py"))
+for required in sources + ["_keras_bn_cli.py"]:
     if required not in names:
         problems.append(f"the wheel lacks {required}")
 if not any(re.match(rf"{dist_info}/(licenses/)?LICENSE", name) for name in names):
