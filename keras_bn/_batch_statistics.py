@@ -3,8 +3,8 @@
 Each pass runs the model in training mode on one batch with every batch norm's
 momentum at 0, so that what a layer leaves in its moving statistics is exactly
 the statistics of that batch as the layer computes them. Around the passes,
-every non-trainable variable is saved and put back (`_saved_state`), and the
-dropout layers can be held in inference mode (`_dropout_in_inference`).
+every non-trainable variable is saved and put back (`saved_state`), and the
+dropout layers can be held in inference mode (`training_passes`).
 TensorFlow runs the passes as one traced call and JAX as one compiled step,
 both kept per model for the next recalibration.
 """
@@ -15,8 +15,9 @@ import weakref
 
 import keras
 
-from keras_bn import _graph, _keras_compat
 import numpy as np
+
+from keras_bn import _keras_compat
 
 # What a training-mode call with momentum 0 leaves in these variables is the
 # batch's own statistics; everything else a layer keeps is put back.
@@ -34,15 +35,6 @@ DROPOUT_LAYERS = (
 _JAX_STEPS = weakref.WeakKeyDictionary()
 # TensorFlow: the traced training-mode calls of each model, by key, see `_tf_forward`.
 _TF_STEPS = weakref.WeakKeyDictionary()
-
-
-def layers_of(model, kinds):
-    """Returns every layer of `model` that is an instance of `kinds`, at any depth, each once.
-
-    The graph walker's `sublayers` reaches the layers of nested models and those
-    that custom blocks (keras-hub's) and subclassed models hold.
-    """
-    return [layer for layer in [model, *_graph.sublayers(model).values()] if isinstance(layer, kinds)]
 
 
 def _inputs(batch):
@@ -124,7 +116,7 @@ def snapshot(variables):
 
 
 @contextlib.contextmanager
-def _saved_state(model):
+def saved_state(model):
     """Puts back every non-trainable variable of `model` (moving statistics, RNG states) on exit."""
     variables = list(model.non_trainable_variables)
     values = snapshot(variables)
@@ -143,7 +135,7 @@ def strategy_scope(model):
     return contextlib.nullcontext()
 
 
-def _no_grad():
+def no_grad():
     """Returns `torch.no_grad()` on the PyTorch backend (a forward pass needs no graph), else a null context."""
     if keras.backend.backend() == "torch":
         import torch
@@ -183,11 +175,11 @@ def training_passes(dropout_layers):
 def _tf_forward(model, key):
     """Returns `model` as a `tf.function` on TensorFlow outside a strategy, else `model` itself.
 
-    Eager TensorFlow runs a deep network op by op, an order of magnitude
-    slower than one traced call. The trace sees each layer's momentum as 0,
-    which it always is during a recalibration, and the dropout layers and
-    batch norms in the modes that `key` names; one trace per key is kept for
-    the next recalibration (the callback recalibrates at every evaluation).
+    Eager TensorFlow runs a deep network op by op, which is much slower than
+    one traced call. The trace sees each layer's momentum as 0, which it
+    always is during a recalibration, and the dropout layers and batch norms
+    in the modes that `key` names; one trace per key is kept for the next
+    recalibration (the callback recalibrates at every evaluation).
     """
     if keras.backend.backend() != "tensorflow":
         return model
@@ -266,8 +258,8 @@ def _jax_step(model, key, targets, fixed_positions):
 def _jax_batch_statistics(model, layers, key):
     """Returns a jitted JAX version of `_eager_batch_statistics`, a function of `x`.
 
-    Eager JAX runs a deep network op by op, orders of magnitude slower than
-    one compiled call. `stateless_call` returns the moving statistics the
+    Eager JAX runs a deep network op by op, which is much slower than one
+    compiled call. `stateless_call` returns the moving statistics the
     training-mode pass would assign; they are read there, and every layer's
     other state is passed in again unchanged, as in the eager path. The
     momentum of 0 is traced into the function. Random states (dropout in
@@ -286,7 +278,7 @@ def _jax_batch_statistics(model, layers, key):
     trainable = [v.value for v in model.trainable_variables]
     state = [fixed.get(i, v.value) for i, v in enumerate(variables)]
     # The step depends on the structure only (values come as arguments), and
-    # compiling a deep network costs seconds: the callback reuses it.
+    # compiling a deep network is slow: the callback reuses it.
     key = (tuple(targets), tuple(sorted(fixed)), len(variables), len(trainable), key)
     step = _jax_step(model, key, targets, frozenset(fixed))
 

@@ -8,11 +8,7 @@ prediction or returns, as a sentence, why it could.
 
 import keras
 
-from keras_bn.batch_norm import ManualBatchNorm
-from keras_bn.frozen import FrozenBatchNorm
-
-#: The batch norms that fold.
-BATCH_NORMS = (keras.layers.BatchNormalization, ManualBatchNorm, FrozenBatchNorm)
+from keras_bn import _graph
 
 # Exact types: a subclass may compute something else in its call().
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -87,7 +83,7 @@ def where_to_fold(path, graph):
     """
     calls = graph.calls[path]
     bn = calls[0].operation
-    if type(bn) not in BATCH_NORMS:
+    if not _graph.folds_like_batch_norm(bn, exactly=True):
         return None, None, f"it is a {type(bn).__name__}, a subclass whose call() may compute something else"
     if len(calls) != 1:
         return None, None, f"it is called at {len(calls)} places in the graph (a shared layer)"

@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 
 from keras_bn import _batch_statistics as passes
+from keras_bn import _graph
 
 
 def select_layers(model, layers, include_frozen):
@@ -104,8 +105,8 @@ def assign_estimate(layer, means, variances, squares, count, estimator):
 
 def collect(model, layers, data, batch_size, steps, dropout):
     """Runs the passes with `model`'s state saved and put back; returns the sums and count."""
-    held = passes.layers_of(model, passes.DROPOUT_LAYERS) if dropout == "inference" else []
-    with passes._saved_state(model), _in_training_mode(layers), passes.training_passes(held):
+    held = _graph.layers_of(model, passes.DROPOUT_LAYERS) if dropout == "inference" else []
+    with passes.saved_state(model), _in_training_mode(layers), passes.training_passes(held):
         saved = [
             (layer, dict(zip(passes.variables_by_name(layer),
                              passes.snapshot(passes.variables_by_name(layer).values()))))

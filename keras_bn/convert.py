@@ -115,11 +115,6 @@ def _with_synchronized(value):
     return convert
 
 
-def _any_batch_norm(layer):
-    """Keras's layer or `ManualBatchNorm`, exactly: a subclass may compute something else."""
-    return type(layer) in (keras.layers.BatchNormalization, ManualBatchNorm)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Target:
     """One `to=` of `convert_batch_norm`: which layers it converts, into what, and the options it takes."""
@@ -136,12 +131,13 @@ _TARGETS = {
                       lambda layer, options: (_to_manual(layer, options), []), tuple(_manual_options())),
     "keras": _Target(lambda layer: type(layer) is ManualBatchNorm, _to_keras,
                      tuple(name for name in _manual_options() if name not in _MANUAL_ONLY)),
-    "synchronized": _Target(_any_batch_norm, _with_synchronized(True), ()),
-    "unsynchronized": _Target(lambda layer: _any_batch_norm(layer) and layer.synchronized,
+    "synchronized": _Target(_graph.is_exact_batch_norm, _with_synchronized(True), ()),
+    "unsynchronized": _Target(lambda layer: _graph.is_exact_batch_norm(layer) and layer.synchronized,
                               _with_synchronized(False), ()),
-    "group_norm": _Target(_any_batch_norm, _to_group_norm, ("groups",) + _NORM_OPTIONS, ("groups",)),
-    "layer_norm": _Target(_any_batch_norm, _to_layer_norm, _NORM_OPTIONS),
-    "identity": _Target(_any_batch_norm, lambda layer, options: (keras.layers.Identity(name=layer.name), []), ()),
+    "group_norm": _Target(_graph.is_exact_batch_norm, _to_group_norm, ("groups",) + _NORM_OPTIONS, ("groups",)),
+    "layer_norm": _Target(_graph.is_exact_batch_norm, _to_layer_norm, _NORM_OPTIONS),
+    "identity": _Target(_graph.is_exact_batch_norm,
+                        lambda layer, options: (keras.layers.Identity(name=layer.name), []), ()),
 }
 
 

@@ -9,8 +9,6 @@ from keras_bn import _fold_rules, _graph
 
 __all__ = ["FoldReport", "FoldedBatchNorm", "fold_batch_norm"]
 
-_BATCH_NORMS = _fold_rules.BATCH_NORMS
-
 
 @keras.saving.register_keras_serializable(package="keras_bn")
 class FoldedBatchNorm(keras.layers.Layer):
@@ -206,8 +204,8 @@ def fold_batch_norm(model, *, verbose=False, return_report=False):
 
 
 def _is_batch_norm(path, layer):
-    """The batch norms folding reaches for: Keras's, keras-bn's and frozen ones."""
-    return isinstance(layer, _BATCH_NORMS)
+    """The tools' `reach` for folding: the batch norms and frozen ones, subclasses included (and then kept)."""
+    return _graph.folds_like_batch_norm(layer)
 
 
 def _as_graph(model):
@@ -243,7 +241,7 @@ def _fold_graph(model):
     folded, kept, forward = {}, _hidden(model, graph), []
     into = {}  # {layer path: {"backward": batch norm after it, "forward": batch norm before it}}
     for path, calls in graph.calls.items():
-        if not isinstance(calls[0].operation, _BATCH_NORMS):
+        if not _graph.folds_like_batch_norm(calls[0].operation):
             continue
         target, direction, reason = _fold_rules.where_to_fold(path, graph)
         if target is None:

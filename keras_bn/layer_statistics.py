@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from keras_bn import _graph, _keras_compat
-from keras_bn.recalibrate import _no_grad, _saved_state
+from keras_bn._batch_statistics import no_grad, saved_state
 
 __all__ = ["LayerStatistics"]
 
@@ -238,7 +238,7 @@ class LayerStatistics(keras.callbacks.Callback):
         model = self.model  # on JAX, this puts the trained weights back into the variables
         if self._extractor is None:
             self._extractor = self._make_extractor()
-        with _no_grad(), _saved_state(model):
+        with no_grad(), saved_state(model):
             # In training mode the batch norms update their moving statistics
             # (and dropout its random state): all of it is put back.
             outputs = self._extractor(self.probe, training=self.training)

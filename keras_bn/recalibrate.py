@@ -15,29 +15,11 @@ import numpy as np
 
 from keras_bn import _batch_statistics as passes
 from keras_bn import _checks, _precise_bn
-from keras_bn._batch_statistics import _no_grad, _saved_state  # also imported from here
-from keras_bn.batch_norm import ManualBatchNorm
+from keras_bn._graph import batch_norm_layers  # also imported from here
 
 __all__ = ["RecalibrateBatchNorm", "recalibrate_batch_norm"]
 
 _ESTIMATORS = ("population", "batch_mean")
-
-
-def batch_norm_layers(model):
-    """Returns every batch-norm layer of `model`, nested models included, in depth-first order.
-
-    A batch-norm layer is a `keras.layers.BatchNormalization` or a
-    `keras_bn.ManualBatchNorm`, found anywhere in the model: in nested
-    models, and inside custom blocks (keras-hub's) and subclassed models,
-    which the graph does not show. A layer used twice is listed once.
-
-    Args:
-        model: A Keras model or layer.
-
-    Returns:
-        A list of layers.
-    """
-    return passes.layers_of(model, (keras.layers.BatchNormalization, ManualBatchNorm))
 
 
 def _check_steps(steps):
@@ -211,7 +193,7 @@ def recalibrate_batch_norm(
     batch_size = _check_batch_size(batch_size)
     _check_options(estimator, dropout, include_frozen)
     layers = _precise_bn.select_layers(model, batch_norm_layers(model), include_frozen)
-    with passes.strategy_scope(model), _no_grad():
+    with passes.strategy_scope(model), passes.no_grad():
         totals, count = _precise_bn.collect(model, layers, data, batch_size, steps, dropout)
         # Everything is back as it was; now the new statistics go in.
         if count == 0:
@@ -314,7 +296,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
             self.last_num_batches = 0
             yield model
             return
-        with passes.strategy_scope(model), _saved_state(model):
+        with passes.strategy_scope(model), passes.saved_state(model):
             self.last_num_batches = recalibrate_batch_norm(
                 model,
                 self.data,

@@ -17,21 +17,28 @@ with its tensors. On top of it this module:
   model of its sub-layers made by calling its `call()` on symbolic tensors
   (`inline`), where that is provably the same computation; `opaque` and
   `unreached` name the others and why;
-- finds every layer tracked inside a layer or a subclassed model (`sublayers`).
+- finds every layer tracked inside a layer or a subclassed model (`sublayers`);
+- says what the tools call a batch norm (`kinds`): `is_batch_norm`,
+  `is_exact_batch_norm`, `folds_like_batch_norm`.
 
 Nothing here imports `keras.src`.
 """
 
-from keras_bn._graph.layers import (
+from keras_bn._graph.kinds import (
     BATCH_NORMS,
     batch_norm_layers,
+    folds_like_batch_norm,
+    is_batch_norm,
+    is_exact_batch_norm,
+)
+from keras_bn._graph.layers import (
     check_model,
     graph_layers,
     hidden,
     inside_hidden,
-    is_batch_norm,
     is_graph_model,
     layers_by_path,
+    layers_of,
     set_weights_by_name,
     sublayers,
     weights_by_name,
@@ -52,13 +59,16 @@ __all__ = [
     "clone_layer",
     "copy_opaque",
     "describe",
+    "folds_like_batch_norm",
     "graph_layers",
     "hidden",
     "inputs_of",
     "inside_hidden",
     "is_batch_norm",
+    "is_exact_batch_norm",
     "is_graph_model",
     "layers_by_path",
+    "layers_of",
     "model_stand_in",
     "rebuild",
     "set_weights_by_name",

@@ -1,19 +1,10 @@
-"""Finding layers: the batch norms of a model at any depth, and those that no graph shows."""
+"""Finding layers: the layers of a model at any depth, and those that no graph shows."""
 
 import contextlib
 
 import keras
 
 from keras_bn import _keras_compat
-from keras_bn.batch_norm import ManualBatchNorm
-
-#: The batch-norm layers that keras-bn's tools act on.
-BATCH_NORMS = (keras.layers.BatchNormalization, ManualBatchNorm)
-
-
-def is_batch_norm(layer):
-    """Returns whether `layer` is a batch-norm layer the tools know (Keras's or keras-bn's)."""
-    return isinstance(layer, BATCH_NORMS)
 
 
 def is_graph_model(layer):
@@ -72,9 +63,13 @@ def graph_layers(model, prefix=""):
     return found
 
 
-def batch_norm_layers(model):
-    """Returns every batch-norm layer of `model` at any depth, each once, in depth-first order."""
-    return [layer for layer in sublayers(model).values() if is_batch_norm(layer)]
+def layers_of(model, kinds):
+    """Returns every layer of `model` that is an instance of `kinds`, `model` included, at any depth, each once.
+
+    `sublayers` reaches the layers of nested models and those that custom
+    blocks (keras-hub's) and subclassed models hold.
+    """
+    return [layer for layer in [model, *sublayers(model).values()] if isinstance(layer, kinds)]
 
 
 def hidden(model):
