@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_bn import _graph, _keras_compat
 from keras_bn._batch_statistics import no_grad, saved_state
+from keras_bn._gradient_norms import GradientNorms
 
 __all__ = ["LayerStatistics"]
 
@@ -48,13 +49,6 @@ def _resolve(by_path, layers, name, default):
                 f"`{name}` must list layers or layer names. Received: {name} containing {layer!r}"
             )
     return resolved
-
-
-def _norms(tensors):
-    """Returns the Euclidean (Frobenius) norm of each tensor, stacked, computed in float32."""
-    return keras.ops.stack(
-        [keras.ops.sqrt(keras.ops.sum(keras.ops.square(keras.ops.cast(t, "float32")))) for t in tensors]
-    )
 
 
 class LayerStatistics(keras.callbacks.Callback):
@@ -188,8 +182,7 @@ class LayerStatistics(keras.callbacks.Callback):
         if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
             raise ValueError(f"`start` must be an int >= 0. Received: start={start!r}")
         self._step = int(start)
-        self._last_norms = None
-        self._optimizer = None
+        self._gradients = None
 
     # -- the layers -------------------------------------------------------------------
 
@@ -253,85 +246,12 @@ class LayerStatistics(keras.callbacks.Callback):
             results.append(np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64))
         return results
 
-    # -- the gradients ----------------------------------------------------------------
-
-    def _wrap_optimizer(self):
-        """Makes the optimizer's `apply` record the kernels' gradient norms, then apply as before."""
-        optimizer = self.model.optimizer
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            raise ValueError(
-                "LayerStatistics cannot read gradients through a LossScaleOptimizer "
-                "(mixed precision): they are scaled. Received: optimizer "
-                f"{type(optimizer).__name__}"
-            )
-        model_variables = list(self.model.trainable_variables)
-        kernels = [layer.kernel for layer in self.kernel_layers]
-        positions = []
-        for kernel in kernels:
-            matches = [i for i, v in enumerate(model_variables) if v is kernel]
-            if not matches:
-                raise ValueError(
-                    f"`kernels_of` lists a layer whose kernel is not trained. Received: {kernel.path}"
-                )
-            positions.append(matches[0])
-        original = optimizer.apply
-
-        def apply(grads, trainable_variables=None):
-            grads = list(grads)
-            if trainable_variables is None:
-                # JAX's stateless_apply: the grads follow the optimizer's
-                # variables, which are the model's trainable variables.
-                chosen = [grads[i] for i in positions]
-            else:
-                index = {id(v): i for i, v in enumerate(trainable_variables)}
-                chosen = [grads[index[id(k)]] for k in kernels]
-            if chosen:
-                self._store(_norms(chosen))
-            return original(grads, trainable_variables)
-
-        self._unwrap = _keras_compat.patch_instance(optimizer, "apply", apply)
-        self._optimizer = optimizer
-
-    def _store(self, norms):
-        """Keeps the norms computed inside the train step where `on_train_batch_end` can read them."""
-        backend = keras.backend.backend()
-        if backend == "jax":
-            import jax
-
-            # Inside a jitted, stateless step: send the value to the host.
-            jax.debug.callback(self._receive, norms)
-        elif backend == "tensorflow":
-            self._norms_variable.assign(norms)
-        else:
-            self._receive(norms)
-
-    def _receive(self, norms):
-        """Stores the norms of the batch just trained as a NumPy array."""
-        self._last_norms = np.array(keras.ops.convert_to_numpy(norms), dtype=np.float64)
-
-    def _read_norms(self):
-        """Returns the kernel gradient norms of the batch just trained."""
-        backend = keras.backend.backend()
-        if backend == "jax":
-            import jax
-
-            jax.effects_barrier()
-        elif backend == "tensorflow":
-            return np.array(self._norms_variable.value.read_value().numpy(), dtype=np.float64)
-        return self._last_norms
-
     # -- the callback -----------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        if keras.backend.backend() == "tensorflow" and self.kernel_layers:
-            # Written inside the traced step, read here: a variable of no layer.
-            self._norms_variable = keras.Variable(
-                np.zeros(len(self.kernel_layers)), dtype="float32", trainable=False
-            )
         if self.kernel_layers:
-            self._wrap_optimizer()
-            # Retrace so that the step calls the wrapped `apply`.
-            self.model.make_train_function(force=True)
+            self._gradients = GradientNorms(self.kernel_layers)
+            self._gradients.start(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
@@ -339,7 +259,7 @@ class LayerStatistics(keras.callbacks.Callback):
             return
         self.history["step"].append(self._step)
         if self.kernel_layers:
-            norms = self._read_norms()
+            norms = self._gradients.read()
             for path, norm in zip(self.kernel_paths, norms):
                 self.history["gradient_norms"][path].append(float(norm))
         if self.input_layers:
@@ -349,8 +269,6 @@ class LayerStatistics(keras.callbacks.Callback):
                 )
 
     def on_train_end(self, logs=None):
-        if self._optimizer is not None:
-            self._unwrap()  # the class's own method again
-            self._optimizer = None
-            # The next fit traces a step without the wrapper.
-            self.model.train_function = None
+        if self._gradients is not None:
+            self._gradients.stop(self.model)
+            self._gradients = None
