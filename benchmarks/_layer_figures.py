@@ -259,6 +259,6 @@ def bench_shapes(repeats, block=5):
         probe = ManualBatchNorm(axis=axis)
         probe.build(shape)
         takes = "kernel" if kernel_applies(
-            probe._spec(), keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "hand-written path"
+            probe._bn_spec, keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "hand-written path"
         print(f"shapes      {str(shape):18s} " + ", ".join(f"{name} {t:6.1f} µs" for name, t in micros.items())
               + f"; fused=None takes the {takes}")

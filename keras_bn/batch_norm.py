@@ -19,6 +19,14 @@ from keras_bn._layer.spec import Spec, Weights
 
 __all__ = ["ManualBatchNorm"]
 
+#: The attributes that `Spec` and `Weights` (keras_bn/_layer/spec.py) carry to the paths.
+_READ_BY_THE_PATHS = frozenset({
+    "axis", "epsilon", "momentum", "center", "scale", "renorm", "renorm_clipping",
+    "renorm_momentum", "virtual_batch_size", "unbiased_variance", "fused", "_layout",
+    "gamma", "beta", "moving_mean", "moving_variance", "moving_stddev", "renorm_mean",
+    "renorm_stddev", "num_batches_tracked",
+})
+
 
 @keras.saving.register_keras_serializable(package="keras_bn")
 class ManualBatchNorm(keras.layers.Layer):
@@ -275,6 +283,7 @@ class ManualBatchNorm(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(
             ndim=len(input_shape), axes={a: int(input_shape[a]) for a in axes}
         )
+        self._describe_for_the_paths()
 
     def _create_weights(self, param_shape):
         """Creates `gamma`, `beta`, the moving statistics and the extra weights the options need."""
@@ -344,19 +353,28 @@ class ManualBatchNorm(keras.layers.Layer):
 
     def call(self, inputs, training=None, mask=None):
         training = bool(training and self.trainable)
-        spec = self._spec()
+        spec = self._bn_spec
         if mask is not None and not training:
             layout.mask_readings(mask.shape, inputs.shape, spec.layout)  # refused, as Keras refuses it
         x = paths.upcast(inputs)
         all_reduce = replica_sum() if training and self.synchronized else None
         # One path for the whole call: the backend's kernel or the reference in keras.ops.
         forward = paths.choose(spec, x, training=training, mask=mask, all_reduce=all_reduce)
-        outputs = forward(x, self._weights(), spec)
+        outputs = forward(x, self._bn_weights, spec)
         return paths.cast(outputs, self.compute_dtype)
 
-    def _spec(self):
-        """Returns the layout and the options as this call reads them (`_layer/spec.py`)."""
-        return Spec(
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in _READ_BY_THE_PATHS and getattr(self, "built", False):
+            self._describe_for_the_paths()  # e.g. `recalibrate_batch_norm` sets `momentum`
+
+    def _describe_for_the_paths(self):
+        """Makes the `Spec` and `Weights` the paths read, at build and whenever what they carry is set.
+
+        Made then rather than at each call, which would cost the PyTorch
+        backend's eager steps a few microseconds per layer.
+        """
+        self._bn_spec = Spec(
             layout=self._layout,
             epsilon=self.epsilon,
             momentum=self.momentum,
@@ -367,11 +385,8 @@ class ManualBatchNorm(keras.layers.Layer):
             unbiased_variance=self.unbiased_variance,
             fused=self.fused,
         )
-
-    def _weights(self):
-        """Returns the variables the paths read and assign, `None` for those the options do not use."""
         renorm = self.renorm
-        return Weights(
+        self._bn_weights = Weights(
             gamma=self.gamma if self.scale else None,
             beta=self.beta if self.center else None,
             moving_mean=self.moving_mean,

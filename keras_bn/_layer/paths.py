@@ -73,6 +73,18 @@ def use_hand_written(enabled):
         _override.pop()
 
 
+@functools.cache
+def _kernel_module(backend):
+    """Returns keras_bn/_layer/<backend>.py, the module of `backend`'s kernel, or `None` (JAX)."""
+    if backend == "tensorflow":
+        from keras_bn._layer import tensorflow as module
+    elif backend == "torch":
+        from keras_bn._layer import torch as module
+    else:
+        return None
+    return module
+
+
 def upcast(inputs):
     """Returns `inputs` in the dtype the statistics are computed in: float64 stays, all else is float32.
 
@@ -81,20 +93,18 @@ def upcast(inputs):
     the statistics. Integers become float32 as well. (`keras.backend.result_type`
     would demote float64 to float32 on the JAX and PyTorch backends.)
     """
-    if keras.backend.backend() == "torch":
-        from keras_bn._layer import torch as torch_path
-
-        return torch_path.upcast(inputs)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return _kernel_module(backend).upcast(inputs)
     dtype = "float64" if keras.backend.standardize_dtype(inputs.dtype) == "float64" else "float32"
     return ops.cast(inputs, dtype)
 
 
 def cast(outputs, dtype):
     """Returns `outputs` in `dtype` (the layer's compute dtype)."""
-    if keras.backend.backend() == "torch":
-        from keras_bn._layer import torch as torch_path
-
-        return torch_path.cast(outputs, dtype)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return _kernel_module(backend).cast(outputs, dtype)
     return ops.cast(outputs, dtype)
 
 
@@ -109,13 +119,10 @@ def choose(spec, x, *, training, mask, all_reduce):
     )
     closed_form = hand_written()
     if backend == "tensorflow" and kernel:
-        from keras_bn._layer import tensorflow as tensorflow_path
-
+        tensorflow_path = _kernel_module(backend)
         return tensorflow_path.training if training else tensorflow_path.inference
     if backend == "torch":
-        from keras_bn._layer import torch as torch_path
-
-        forward = torch_path.choose(
+        forward = _kernel_module(backend).choose(
             spec, x, training=training, mask=mask, all_reduce=all_reduce,
             kernel=kernel, closed_form=closed_form,
         )

@@ -1,13 +1,14 @@
 """What `ManualBatchNorm`'s paths read of the layer, declared: its layout, its options, its variables.
 
-The layer builds a `Spec` and a `Weights` at every call and hands them to the
-path it chose (keras_bn/_layer/paths.py); no helper reads the layer. Options
-are read at the call, not fixed at `build`, because they may change between
-calls (`recalibrate_batch_norm` sets `momentum` for its passes).
+The layer makes a `Spec` and a `Weights` at `build`, and again whenever one of
+the attributes they carry is set (`recalibrate_batch_norm` sets `momentum` for
+its passes), and hands them to the path each call takes
+(keras_bn/_layer/paths.py); no helper reads the layer. Both are plain frozen
+values, which Keras's attribute tracking and saving pass over.
 """
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 __all__ = ["Layout", "Spec", "Weights"]
 
@@ -44,7 +45,8 @@ class Spec:
     fused: Optional[bool]
 
 
-class Weights(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Weights:
     """The layer's variables: `None` for those its options do not use."""
 
     gamma: Any
