@@ -12,7 +12,7 @@ import functools
 import keras
 from keras import ops
 
-__all__ = ["biased_variance", "count_along", "mean_where", "moments", "normalize", "replica_sum"]
+__all__ = ["biased_variance", "count_along", "moments", "normalize", "replica_sum"]
 
 
 def count_along(x, axes):
@@ -150,10 +150,3 @@ def biased_variance(variance, count):
     n = ops.cast(count, variance.dtype)
     return variance * (ops.maximum(n - 1.0, 0.0) / ops.maximum(n, 1.0))
 
-
-def mean_where(values, usable):
-    """Returns the mean over axis 0 of `values` where `usable`, and whether any entry was usable."""
-    weights = ops.cast(usable, values.dtype)
-    total = ops.sum(ops.where(usable, values, 0.0), axis=0)
-    n = ops.sum(weights, axis=0)
-    return total / ops.maximum(n, 1.0), n > 0

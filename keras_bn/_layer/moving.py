@@ -1,22 +1,45 @@
-"""The moving statistics of `ManualBatchNorm`: folding each training batch into its averages.
+"""The moving statistics of `ManualBatchNorm`: the one rule that folds a training batch into them.
 
-The hand-written path and both framework kernels (TensorFlow's through
-`_native`, PyTorch's in `_torch_path`) end a training step in
-`update_statistics`, so the rules live in one place:
-which channels' statistics are usable (finite, counted), ghost batches'
+Every path ends a training step in `update_statistics`: the reference in
+`keras.ops`, TensorFlow's kernel, PyTorch's kernel and its closed form. The
+rule: which channels' statistics are usable (finite, counted), ghost batches'
 mean of statistics, the cumulative average of `momentum=None`, the unbiased
 variance, and the extra averages of Batch Renormalization, whose `(r, d)`
 correction `renorm_correction` computes from them. Each function takes the
 variables it reads and assigns (`Weights`), the statistics and the options
 (`Spec`).
+
+The rule is written in a few array primitives, `Ops`: `keras.ops` and
+`Variable.assign`. keras_bn/_layer/torch.py hands it the same primitives as
+direct torch calls, because PyTorch runs eagerly and there each `keras.ops`
+call costs more than its arithmetic at these sizes.
 """
 
 import keras
 from keras import ops
 
-from keras_bn._layer.moments import mean_where
+__all__ = ["Ops", "check_count", "renorm_correction", "update_statistics"]
 
-__all__ = ["assign_average", "check_count", "renorm_correction", "update_statistics"]
+
+class Ops:
+    """The primitives the rule is written in: `keras.ops`, and `Variable.assign`."""
+
+    cast = staticmethod(ops.cast)
+    reshape = staticmethod(ops.reshape)
+    where = staticmethod(ops.where)
+    isfinite = staticmethod(ops.isfinite)
+    logical_and = staticmethod(ops.logical_and)
+    maximum = staticmethod(ops.maximum)
+    all = staticmethod(ops.all)
+    sum = staticmethod(ops.sum)
+    sqrt = staticmethod(ops.sqrt)
+    relu = staticmethod(ops.relu)
+    ones_like = staticmethod(ops.ones_like)
+
+    @staticmethod
+    def assign(variable, value):
+        """Assigns `value` to the Keras variable `variable`."""
+        variable.assign(value)
 
 
 def renorm_correction(weights, mean, variance, shape, spec):
@@ -64,75 +87,93 @@ def _checked_when_run(count):
         return tf.identity(count)
 
 
-def update_statistics(weights, mean, variance, count, spec):
+def _usable(mean, variance, count, unbiased_variance, xp):
+    """Returns `(variance, usable, variance_usable)`: the variance the layer keeps, and where each may move.
+
+    Usable: a finite mean and variance from at least one counted value (two,
+    for the unbiased variance). `count` is a Python int (static: one for every
+    channel, at least 2 with the unbiased variance, checked), a scalar int
+    tensor (a batch size unknown when traced) or a float tensor per channel
+    (masks, replicas).
+    """
+    usable = xp.logical_and(xp.isfinite(mean), xp.isfinite(variance))
+    if isinstance(count, int):
+        if unbiased_variance:
+            variance = variance * (count / (count - 1))
+        return variance, usable, usable
+    if unbiased_variance and keras.backend.backend() == "tensorflow" and len(count.shape) == 0:
+        count = _checked_when_run(count)
+    # One float tensor shaped like the statistics serves every tensor count.
+    count = xp.ones_like(mean) * xp.cast(count, mean.dtype)
+    usable = xp.logical_and(usable, count > 0)
+    if not unbiased_variance:
+        return variance, usable, usable
+    # n / (n - 1) is undefined for n = 1 (a masked channel can count
+    # one value): that channel's variance stays where it was.
+    variance = variance * (count / xp.maximum(count - 1.0, 1.0))
+    return variance, usable, xp.logical_and(usable, count > 1)
+
+
+def update_statistics(weights, mean, variance, count, spec, xp=Ops):
     """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s).
 
-    `mean`, `variance` and `count` are per channel (and per ghost batch).
-    Only the channels whose statistics are usable move: a finite mean and
-    variance from at least one counted value (two, for the unbiased
-    variance); the others keep their moving statistics exactly.
+    `mean`, `variance` (biased) and `count` are per channel (and per ghost
+    batch). Only the channels whose statistics are usable move; the others
+    keep their moving statistics exactly, so one bad batch cannot poison
+    inference. `xp` gives the primitives (`Ops`).
     """
     check_count(count, spec.unbiased_variance)
-    if (
-        spec.unbiased_variance
-        and keras.backend.backend() == "tensorflow"
-        and not isinstance(count, int)
-        and len(count.shape) == 0
-    ):
-        count = _checked_when_run(count)
-    # The count is a Python int, a scalar int tensor (a batch size unknown
-    # when traced) or a float tensor per channel (masks, replicas): one
-    # float tensor shaped like the statistics serves every case.
-    count = ops.ones_like(mean) * ops.cast(count, mean.dtype)
-    usable = ops.logical_and(
-        ops.logical_and(ops.isfinite(mean), ops.isfinite(variance)), count > 0
-    )
-    if spec.unbiased_variance:
-        # n / (n - 1) is undefined for n = 1 (a masked channel can count
-        # one value): that channel's variance stays where it was.
-        variance = variance * (count / ops.maximum(count - 1.0, 1.0))
-    variance_usable = ops.logical_and(usable, count > 1) if spec.unbiased_variance else usable
+    if isinstance(count, int) and count == 0:
+        return  # an empty batch counts nothing
+    variance, usable, variance_usable = _usable(mean, variance, count, spec.unbiased_variance, xp)
     if spec.virtual_batch_size is not None:
         # tf.keras's rule: the moving statistics follow the mean of the
         # ghost batches' statistics; a ghost batch with nothing usable is
         # left out of that mean.
-        mean, usable = mean_where(mean, usable)
-        variance, variance_usable = mean_where(variance, variance_usable)
+        mean, usable = _mean_where(mean, usable, xp)
+        variance, variance_usable = _mean_where(variance, variance_usable, xp)
 
     momentum = spec.momentum
     if momentum is None:
         # Cumulative average: batch n enters with weight 1/n (PyTorch's
         # rule). One counter serves every channel, so a batch counts only
         # when every channel can use it; otherwise it changes nothing.
-        counted = ops.all(ops.logical_and(usable, variance_usable))
-        seen = weights.num_batches_tracked + ops.cast(counted, "int32")
-        weights.num_batches_tracked.assign(seen)
-        momentum = 1.0 - 1.0 / ops.cast(ops.maximum(seen, 1), mean.dtype)
-        usable = variance_usable = ops.logical_and(usable, counted)
+        counted = xp.all(xp.logical_and(usable, variance_usable))
+        seen = xp.cast(weights.num_batches_tracked, "int32") + xp.cast(counted, "int32")
+        xp.assign(weights.num_batches_tracked, seen)
+        momentum = 1.0 - 1.0 / xp.cast(xp.maximum(seen, 1), mean.dtype)
+        usable = variance_usable = xp.logical_and(usable, counted)
 
-    assign_average(weights.moving_mean, mean, momentum, usable)
+    _assign_average(weights.moving_mean, mean, momentum, usable, xp)
     if not spec.renorm:
-        assign_average(weights.moving_variance, variance, momentum, variance_usable)
+        _assign_average(weights.moving_variance, variance, momentum, variance_usable, xp)
         return
-    stddev = ops.sqrt(variance + spec.epsilon)
-    assign_average(weights.renorm_mean, mean, spec.renorm_momentum, usable)
-    assign_average(weights.renorm_stddev, stddev, spec.renorm_momentum, variance_usable)
-    new_stddev = assign_average(weights.moving_stddev, stddev, momentum, variance_usable)
+    stddev = xp.sqrt(variance + spec.epsilon)
+    _assign_average(weights.renorm_mean, mean, spec.renorm_momentum, usable, xp)
+    _assign_average(weights.renorm_stddev, stddev, spec.renorm_momentum, variance_usable, xp)
+    new_stddev = _assign_average(weights.moving_stddev, stddev, momentum, variance_usable, xp)
     # relu: rounding can take stddev^2 a hair below epsilon.
-    weights.moving_variance.assign(ops.relu(new_stddev * new_stddev - spec.epsilon))
+    xp.assign(weights.moving_variance, xp.relu(new_stddev * new_stddev - spec.epsilon))
 
 
-def assign_average(variable, batch_value, momentum, usable):
+def _mean_where(values, usable, xp):
+    """Returns the mean over axis 0 of `values` where `usable`, and whether any entry was usable."""
+    weights = xp.cast(usable, values.dtype)
+    total = xp.sum(xp.where(usable, values, 0.0), axis=0)
+    n = xp.sum(weights, axis=0)
+    return total / xp.maximum(n, 1.0), n > 0
+
+
+def _assign_average(variable, batch_value, momentum, usable, xp):
     """Assigns `variable * momentum + batch_value * (1 - momentum)` where `usable`, else keeps it.
 
     Returns the new value. The entries that are not usable (a NaN or Inf
-    in the batch, nothing counted) keep the old value exactly, so one bad
-    batch cannot poison inference.
+    in the batch, nothing counted) keep the old value exactly.
     """
-    current = ops.cast(variable, batch_value.dtype)
-    batch_value = ops.reshape(batch_value, variable.shape)
-    usable = ops.reshape(usable, variable.shape)
+    current = xp.cast(variable, batch_value.dtype)
+    batch_value = xp.reshape(batch_value, variable.shape)
+    usable = xp.reshape(usable, variable.shape)
     new = current * momentum + batch_value * (1.0 - momentum)
-    new = ops.where(usable, new, current)
-    variable.assign(ops.cast(new, variable.dtype))
+    new = xp.where(usable, new, current)
+    xp.assign(variable, xp.cast(new, variable.dtype))
     return new

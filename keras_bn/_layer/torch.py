@@ -28,13 +28,14 @@ torch calls:
   gradient of the gradient, it recomputes `x_hat` from `x` with recorded ops,
   so higher derivatives stay exact;
 - inference with the moving statistics in direct calls wherever the kernel
-  does not apply.
+  does not apply;
+- the moving averages by the layer's one rule (`moving.update_statistics`),
+  its primitives given as direct torch calls (`_TorchOps`).
 
 Everything else runs the reference path in `keras.ops`, and the tests hold
 every path to the same NumPy references and to autodiff.
 """
 
-import functools
 import math
 
 import keras
@@ -143,12 +144,8 @@ def kernel_training(x, weights, spec):
     )
     groups = statistics.shape[1] // spec.layout.channels  # ghost batches
     count = _count(x, spec) // groups
-    if spec.momentum is None or groups > 1:
-        # The general update: the cumulative average, the mean over ghost batches.
-        mean, variance = statistics.reshape(2, groups, -1) if groups > 1 else statistics
-        moving.update_statistics(weights, mean, biased_variance(variance, count), count, spec)
-    else:
-        _update(weights, statistics, 1.0 if spec.unbiased_variance else (count - 1) / count, spec.momentum)
+    mean, variance = statistics if spec.virtual_batch_size is None else statistics.reshape(2, groups, -1)
+    _update(weights, mean, biased_variance(variance, count), count, spec)
     return outputs
 
 
@@ -302,36 +299,53 @@ def closed_form_training(x, weights, spec):
     count = _count(x, spec)
     gamma, beta = _parameters(weights, x.dtype, spec.layout.broadcast_shape)
     outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, spec.layout.reduction_axes, spec.epsilon)
-    factor = count / max(count - 1, 1) if spec.unbiased_variance else 1.0
-    _update(weights, torch.stack([mean.reshape(-1), variance.reshape(-1)]), factor, spec.momentum)
+    _update(weights, mean, variance, count, spec)
     return outputs
 
 
-def _update(weights, batch, factor, momentum):
-    """Folds the batch statistics into the moving averages, without gradient.
-
-    `batch` is the `(2, C)` tensor of the batch mean and variance: both in one
-    tensor halves the small ops, each of which costs more to launch than to
-    compute at these sizes. `factor` turns the batch variance into the one the
-    layer keeps (biased unless `unbiased_variance=True`). A channel with a NaN
-    or Inf statistic keeps its moving statistics exactly.
-    """
+def _update(weights, mean, variance, count, spec):
+    """Folds the batch statistics into the moving averages by the layer's one rule, without gradient."""
     with torch.no_grad():
-        moving_ = (weights.moving_mean, weights.moving_variance)
-        values = [variable.value for variable in moving_]
-        current = torch.stack(values).reshape(batch.shape).to(batch.dtype)
-        weights_ = _weights(1.0 - momentum, (1.0 - momentum) * factor, batch.dtype, batch.device)
-        new = torch.addcmul(current * momentum, batch, weights_)
-        new = torch.where(torch.isfinite(batch), new, current)
-        if not _keras_compat.stateless_scope_open():
-            for value, new_value in zip(values, new):  # what `assign` does, without its checks
-                value.copy_(new_value.reshape(value.shape))
-        else:  # a stateless call records the new values in its scope
-            for variable, new_value in zip(moving_, new):
-                variable.assign(new_value.reshape(variable.shape))
+        moving.update_statistics(weights, mean, variance, count, spec, xp=_TorchOps)
 
 
-@functools.lru_cache(maxsize=64)
-def _weights(mean_weight, variance_weight, dtype, device):
-    """Returns the `(2, 1)` tensor of the batch statistics' weights in the moving averages."""
-    return torch.tensor([[mean_weight], [variance_weight]], dtype=dtype, device=device)
+class _TorchOps(moving.Ops):
+    """`moving.Ops` in direct torch calls: the update costs a few kernel launches."""
+
+    @staticmethod
+    def cast(x, dtype):
+        """Returns `x` (a tensor or a Keras variable) in `dtype`, a torch dtype or a dtype name."""
+        x = x.value if isinstance(x, keras.Variable) else x
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return x if x.dtype == dtype else x.to(dtype)
+
+    @staticmethod
+    def reshape(x, shape):
+        """Returns `x` shaped `shape`."""
+        return x if x.shape == shape else x.reshape(shape)
+
+    @staticmethod
+    def maximum(x, y):
+        """Returns the elementwise maximum of the tensor `x` and the number `y`."""
+        return torch.clamp(x, min=y)
+
+    @staticmethod
+    def sum(x, axis):
+        """Returns the sum of `x` over `axis`."""
+        return torch.sum(x, dim=axis)
+
+    @staticmethod
+    def assign(variable, value):
+        """Assigns `value` to the Keras variable `variable`."""
+        if _keras_compat.stateless_scope_open():
+            variable.assign(value)  # a stateless call records the new value in its scope
+        else:
+            variable.value.copy_(value)  # what `assign` does, without its checks
+
+    where = staticmethod(torch.where)
+    isfinite = staticmethod(torch.isfinite)
+    logical_and = staticmethod(torch.logical_and)
+    all = staticmethod(torch.all)
+    sqrt = staticmethod(torch.sqrt)
+    relu = staticmethod(torch.relu)
+    ones_like = staticmethod(torch.ones_like)
