@@ -224,8 +224,8 @@ def bench_mobilenet(repeats, block=5):
         print(f"mobilenet   ratio {name} / Keras: {statistics.median(times[name]) / keras_median:.3f}")
 
 
-def main():
-    """Parses the arguments, prints the machine and runs the chosen figures."""
+def _parse_args():
+    """Returns the command line's arguments, with `chosen`, the figures it names, checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
                         help="Keras backend (default: KERAS_BACKEND, else tensorflow)")
@@ -239,10 +239,15 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per op (default: the framework's, all cores); 1 on a busy machine")
     args = parser.parse_args()
-    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(FIGURES))
+    args.chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.chosen) - set(FIGURES))
     if unknown:
         parser.error(f"--only takes names from {', '.join(FIGURES)}. Received: {unknown}")
+    return args
+
+
+def _start_backend(args):
+    """Sets the backend, the device and the threads before the framework starts; returns the backend's name."""
     os.environ["KERAS_BACKEND"] = args.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
     choose_device(args.device)
     if args.threads:
@@ -256,8 +261,13 @@ def main():
 
     if args.threads:
         limit_threads(keras.backend.backend(), args.threads)
+    return keras.backend.backend()
 
-    backend = keras.backend.backend()
+
+def _print_machine(backend, args):
+    """Prints the command, the machine, the software versions and the device."""
+    import keras
+
     versions = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
     framework = __import__(versions[backend])
     print(f"command     {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -268,24 +278,27 @@ def main():
     print(f"device      {device}")
     if args.device == "gpu" and not device.startswith("GPU"):
         print("device      --device gpu: no GPU found, so these tables ran on the CPU")
-    if "experiment" in chosen:
-        bench_experiment(args.experiment_repeats)
-    if "train" in chosen:
-        bench_train(args.repeats)
-    if "mobilenet" in chosen:
-        bench_mobilenet(args.repeats)
-    if "bn" in chosen:
-        bench_bn(args.repeats)
-    if "shapes" in chosen:
-        bench_shapes(args.repeats)
-    if "ghost" in chosen:
-        bench_ghost(args.repeats)
-    if "predict" in chosen:
-        bench_predict(args.repeats)
-    if "eval" in chosen:
-        bench_eval(args.repeats)
-    if "fold" in chosen:
-        bench_fold(args.repeats)
+
+
+def main():
+    """Parses the arguments, prints the machine and runs the chosen figures."""
+    args = _parse_args()
+    backend = _start_backend(args)
+    _print_machine(backend, args)
+    figures = {
+        "experiment": lambda: bench_experiment(args.experiment_repeats),
+        "train": lambda: bench_train(args.repeats),
+        "mobilenet": lambda: bench_mobilenet(args.repeats),
+        "bn": lambda: bench_bn(args.repeats),
+        "shapes": lambda: bench_shapes(args.repeats),
+        "ghost": lambda: bench_ghost(args.repeats),
+        "predict": lambda: bench_predict(args.repeats),
+        "eval": lambda: bench_eval(args.repeats),
+        "fold": lambda: bench_fold(args.repeats),
+    }
+    for name in FIGURES:  # in this order, whatever the order of --only
+        if name in args.chosen:
+            figures[name]()
     print(f"load        average at the end {os.getloadavg()[0]:.1f}")
 
 
