@@ -8,6 +8,7 @@ inference and in training mode, and leave them untouched.
 import keras
 import numpy as np
 import pytest
+import zoo
 from helpers import to_numpy
 
 from keras_bn import (
@@ -131,24 +132,8 @@ def _model(block=None):
 
 
 def _batch_norms(model, cls=BN):
-    """Every `cls` layer reachable through the layers' attributes, at any depth."""
-    found, seen = [], set()
-
-    def visit(value):
-        if isinstance(value, keras.layers.Layer) and id(value) not in seen:
-            seen.add(id(value))
-            found.append(value)
-            for child in vars(value).values():
-                visit(child)
-        elif isinstance(value, (list, tuple)):
-            for child in value:
-                visit(child)
-        elif isinstance(value, dict):
-            for child in value.values():
-                visit(child)
-
-    visit(model)
-    return [layer for layer in found if isinstance(layer, cls)]
+    """Every `cls` layer reachable through the layers' attributes, at any depth (the test bed's walk)."""
+    return [layer for layer in zoo.walk_layers(model) if isinstance(layer, cls)]
 
 
 def _draw(model, seed=1):
