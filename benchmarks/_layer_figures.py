@@ -29,7 +29,6 @@ def _layers_fwd_bwd(make_layer, shapes, hand_written):
     import keras
     import numpy as np
 
-    backend = keras.backend.backend()
     rng = np.random.default_rng(0)
     data = [(rng.normal(size=s).astype("float32"), rng.normal(size=s).astype("float32")) for s in shapes]
     layers = []
@@ -37,45 +36,58 @@ def _layers_fwd_bwd(make_layer, shapes, hand_written):
         layer = make_layer(len(shape))
         layer.build(shape)
         layers.append(layer)
-    if backend == "tensorflow":
-        import tensorflow as tf
+    backend = keras.backend.backend()
+    step = _tf_layers if backend == "tensorflow" else _jax_layers if backend == "jax" else _torch_layers
+    return step(layers, data, hand_written)
 
-        data = [(tf.constant(x), tf.constant(dy)) for x, dy in data]
 
-        @tf.function
-        def run():
-            total = 0.0
-            for layer, (x, dy) in zip(layers, data):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    y = layer(x, training=True)
-                grads = tape.gradient(y, [x, *layer.trainable_variables], output_gradients=dy)
-                total += tf.add_n([tf.reduce_sum(g) for g in grads])
-            return total
+def _tf_layers(layers, data, hand_written):
+    """Returns `_layers_fwd_bwd`'s function on TensorFlow: one `tf.function` over every layer."""
+    import tensorflow as tf
 
-        with _hand_written(hand_written):
-            run()
-        return lambda: run().numpy()
-    if backend == "jax":
-        import jax
-        import jax.numpy as jnp
+    data = [(tf.constant(x), tf.constant(dy)) for x, dy in data]
 
-        def loss(trainables, frozens, xs):
-            total = 0.0
-            for layer, t, f, x, (_, dy) in zip(layers, trainables, frozens, xs, data):
-                y, _ = layer.stateless_call(t, f, x, training=True)
-                total += jnp.sum(y * dy)
-            return total
+    @tf.function
+    def run():
+        total = 0.0
+        for layer, (x, dy) in zip(layers, data):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+            grads = tape.gradient(y, [x, *layer.trainable_variables], output_gradients=dy)
+            total += tf.add_n([tf.reduce_sum(g) for g in grads])
+        return total
 
-        with _hand_written(hand_written):
-            grad = jax.jit(jax.grad(loss, argnums=(0, 2)))
-            args = (
-                [[v.value for v in l.trainable_variables] for l in layers],
-                [[v.value for v in l.non_trainable_variables] for l in layers],
-                [jnp.asarray(x) for x, _ in data],
-            )
-            jax.block_until_ready(grad(*args))
-        return lambda: jax.block_until_ready(grad(*args))
+    with _hand_written(hand_written):
+        run()
+    return lambda: run().numpy()
+
+
+def _jax_layers(layers, data, hand_written):
+    """Returns `_layers_fwd_bwd`'s function on JAX: one jitted gradient over every layer."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss(trainables, frozens, xs):
+        total = 0.0
+        for layer, t, f, x, (_, dy) in zip(layers, trainables, frozens, xs, data):
+            y, _ = layer.stateless_call(t, f, x, training=True)
+            total += jnp.sum(y * dy)
+        return total
+
+    with _hand_written(hand_written):
+        grad = jax.jit(jax.grad(loss, argnums=(0, 2)))
+        args = (
+            [[v.value for v in l.trainable_variables] for l in layers],
+            [[v.value for v in l.non_trainable_variables] for l in layers],
+            [jnp.asarray(x) for x, _ in data],
+        )
+        jax.block_until_ready(grad(*args))
+    return lambda: jax.block_until_ready(grad(*args))
+
+
+def _torch_layers(layers, data, hand_written):
+    """Returns `_layers_fwd_bwd`'s function on PyTorch: eager calls and `autograd.grad`, layer by layer."""
     import torch
 
     device = torch_device()
