@@ -87,8 +87,10 @@ def _decided(row):
     refused = {tool: "refused" for tool in row["errors"]}
     kinds = collections.Counter(_reason_kind(why) for why in row.get("kept_why", []))
     kept = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    if row.get("unused"):
+        kept.append(("unused", len(row["unused"])))  # neither folded nor kept: never called
     return (
-        str(row["found"]) + (f" ({len(row['unused'])} unused)" if row.get("unused") else ""),
+        str(row["found"]),
         refused.get("fold") or f"{row['folded']} / {row['kept']}",
         refused.get("convert") or str(row["converted"]),
         refused.get("freeze") or str(row["frozen"]),

@@ -13,9 +13,9 @@ blocks, built at 16 to 75 pixels. It prints two tables. The first, what the
 tools decided, a row a model:
 
 - found: the batch norms in the model at any depth (counted by tests/zoo.py,
-  not by keras-bn), and, as "unused", how many of those that conversion did not
-  reach change no output when their moving mean moves: the model keeps them but
-  never calls them;
+  not by keras-bn); under "kept because", as "unused", how many of those that
+  conversion did not reach change no output when their moving mean moves: the
+  model keeps them but never calls them;
 - folded / kept: what `fold_batch_norm` did, and under "kept because" the
   reasons of the kept ones, grouped and shortened to the layer before
   ("Concatenate") or the kind ("custom block");
