@@ -23,8 +23,9 @@ except ImportError:  # pragma: no cover - a Keras that moved it
 def stateless_scope_open():
     """Returns whether a `keras.StatelessScope` is open; `True` where Keras no longer tells.
 
-    The PyTorch plain call (`_torch_path`) assigns variables in place, which a
-    stateless scope forbids: where this cannot be known, it takes Keras's call.
+    The PyTorch paths (`_layer/torch.py`) assign variables in place, which a
+    stateless scope forbids: where this cannot be known, they take Keras's call
+    and `Variable.assign`.
     """
     return _global_state is None or _global_state.get_global_attribute("stateless_scope") is not None
 

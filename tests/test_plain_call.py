@@ -1,7 +1,7 @@
 """PyTorch's plain call: `ManualBatchNorm.__call__` without Keras's per-call work must change nothing.
 
 On PyTorch a built layer called on one tensor of its compute dtype, with `training`
-a bool and no mask, skips `keras.layers.Layer.__call__` (keras_bn/_torch_path.py,
+a bool and no mask, skips `keras.layers.Layer.__call__` (keras_bn/_layer/torch.py,
 `plain_call`). Each test here calls two copies of a layer, one through the layer as
 users do and one through `keras.layers.Layer.__call__` itself, the call Keras makes,
 and checks outputs, moving statistics and gradients are the same bit for bit. The

@@ -24,16 +24,15 @@ torch calls:
   not `torch.var_mean`, whose Welford loop was the slower on CPU,
   docs/benchmarks.md), `x_hat * gamma + beta` centered first as in
   `moments.normalize`, and the paper's closed-form backward
-  (keras_bn/_layer/reference.py) as a `torch.autograd.Function`. Asked for a
-  gradient of the gradient, it recomputes `x_hat` from `x` with recorded ops,
-  so higher derivatives stay exact;
-- inference with the moving statistics in direct calls wherever the kernel
-  does not apply;
+  (keras_bn/_layer/reference.py) as a `torch.autograd.Function`, five passes
+  over the data instead of autograd's dozen; asked for a gradient of the
+  gradient, it recomputes `x_hat` from `x` with recorded ops;
+- inference in direct calls wherever the kernel does not apply;
 - the moving averages by the layer's one rule (`moving.update_statistics`),
   its primitives given as direct torch calls (`_TorchOps`).
 
-Everything else runs the reference path in `keras.ops`, and the tests hold
-every path to the same NumPy references and to autodiff.
+Everything else takes the reference path; the tests hold every path to the
+same NumPy references and to autodiff.
 """
 
 import math
