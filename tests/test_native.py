@@ -453,3 +453,22 @@ def test_ghost_batches_on_the_kernel_with_a_batch_size_unknown_when_traced(kerne
     assert kernel_calls
     for native, hand in zip(*results):
         _assert_close(native, hand, POLICIES["float32"][1], "native vs hand-written, unknown batch size")
+
+
+@pytest.mark.parametrize("case", ["one ghost batch, cumulative", "empty batch"])
+def test_ghost_batch_corner_cases_agree_on_every_path(case):
+    # On PyTorch's kernel these raised (a RuntimeError, a ZeroDivisionError)
+    # before the layer's paths shared one update rule.
+    rng = np.random.default_rng(3)
+    kwargs = {"virtual_batch_size": 4, "momentum": None if case.startswith("one") else 0.9}
+    x = rng.normal(size=(4 if case.startswith("one") else 0, 5, 5, 3)).astype("float32")
+    results = []
+    for fused in (None, False):
+        layer = ManualBatchNorm(fused=fused, **kwargs)
+        layer.build((None, 5, 5, 3))
+        y = to_numpy(layer(x, training=True))
+        results.append([y] + [to_numpy(w) for w in layer.weights])
+    for ours, reference in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    if case == "empty batch":
+        np.testing.assert_array_equal(results[0][-1], np.ones(3, "float32"))  # moving variance untouched
