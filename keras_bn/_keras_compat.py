@@ -4,7 +4,7 @@ Each function says what it reaches, why no public API does, and what keras-bn
 does where a release has moved it: every one degrades to an answer that is
 slower or more cautious, never wrong. All were checked on Keras 3.10.0 and
 3.15.1 with TensorFlow 2.16.1 and 2.21.0 (`CHECKED_ON`);
-`tests/test_keras_compat.py` probes each of them on the installed versions and
+`tests/layer/test_keras_compat.py` probes each of them on the installed versions and
 fails loudly when one stops working, so a new release is caught by CI, not by
 a user. Nothing else in keras-bn imports `keras.src` or reads a private
 attribute of a Keras object.

@@ -14,6 +14,7 @@ import numpy as np
 
 import keras
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "layer"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import input_and_weight_grads, to_numpy  # noqa: E402
 from test_batch_norm import CASES, _batch, _random_state, _set_state  # noqa: E402

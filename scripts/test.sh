@@ -3,8 +3,8 @@
 #
 #   bash scripts/test.sh            # from the repository root, on a fresh machine
 #
-# The layer's tests run once per Keras backend (TensorFlow, JAX, PyTorch), each in
-# its own process, because Keras picks its backend once per process.
+# The tests run once per Keras backend (TensorFlow, JAX, PyTorch), each in its own
+# process, because Keras picks its backend once per process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,14 +28,14 @@ fi
 echo "KERAS_BN_MNIST_DIR=${KERAS_BN_MNIST_DIR:-<unset: MNIST tests will be skipped>}"
 
 export TF_CPP_MIN_LOG_LEVEL=2
-# Tests that run on every backend (the layer and its maths).
-BACKEND_TESTS=(tests/test_batch_norm.py tests/test_keras_mask.py tests/test_plain_call.py tests/test_batch_norm_options.py tests/test_option_matrix.py tests/test_gradient.py tests/test_folding.py tests/test_convert.py tests/test_real_models.py tests/test_graph.py tests/test_frozen.py tests/test_native.py tests/test_porting.py tests/test_batch_norm_properties.py tests/test_training.py tests/test_recalibrate.py tests/test_layer_statistics.py tests/test_models_layout.py tests/test_custom_layers.py tests/test_keras_own_tests.py)
-
-echo "== full suite, TensorFlow backend"
-KERAS_BACKEND=tensorflow "$PY" -m pytest -q -rs --doctest-modules keras_bn tests
-for backend in jax torch; do
-    echo "== layer tests, $backend backend"
-    KERAS_BACKEND=$backend "$PY" -m pytest -q -rs "${BACKEND_TESTS[@]}"
+# The suite runs once per backend. Each area of tests/ (layer, tools, notebook,
+# experiment, docs) declares in its conftest.py the backends it runs on; the
+# docstrings' examples run once, with TensorFlow.
+for backend in tensorflow jax torch; do
+    echo "== tests, $backend backend"
+    doctests=()
+    if [ "$backend" = tensorflow ]; then doctests=(--doctest-modules keras_bn); fi
+    KERAS_BACKEND=$backend "$PY" -m pytest -q -rs "${doctests[@]}" tests
 done
 
 echo "== docs: mkdocs build --strict"

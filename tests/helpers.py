@@ -1,6 +1,7 @@
 """Shared test helpers: the layer contract, gradients on every backend, and a NumPy BN."""
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 
@@ -217,3 +218,33 @@ def write_fake_mnist_npz(folder):
         y_test=rng.integers(0, 10, 40).astype(np.uint8),
     )
     return folder
+
+
+#: The Keras backends the suite knows; scripts/test.sh runs it once under each.
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def left_out(conftest_file, backends, modules=None):
+    """The test files of an area that do not run on this process's backend.
+
+    Each area of the suite (`tests/layer/`, `tests/tools/`, ...) declares in its
+    `conftest.py` the backends its tests run on, and sets `collect_ignore` to this
+    list. Keras picks its backend once per process, so a file left out is not even
+    imported here.
+
+    Args:
+        conftest_file: the area's `conftest.py` (its `__file__`).
+        backends: the backends the area's test files run on.
+        modules: `{file name: backends}` for the files that run on others.
+    """
+    for declared in (backends, *(modules or {}).values()):
+        unknown = set(declared) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"backends must be among {BACKENDS}; got {sorted(unknown)}")
+    backend = keras.backend.backend()
+    area = Path(conftest_file).parent
+    return [
+        path.name
+        for path in sorted(area.glob("test_*.py"))
+        if backend not in (modules or {}).get(path.name, backends)
+    ]

@@ -35,7 +35,7 @@ from keras_bn.experiment import lock as lock_module
 from keras_bn.experiment.checkpoint import read_state
 from keras_bn.experiment.lock import LOCK_FILE, read_holder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds any one process may take before the test gives up on it
 
 # --- the lock in this process -------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guide" / "training.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide" / "training.md"
 
 #: Saves a model with `ManualBatchNorm` and its folded copy (`FoldedBatchNorm`), with
 #: moving statistics moved off their initial values, and the inputs and predictions.

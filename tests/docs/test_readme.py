@@ -15,7 +15,7 @@ from pathlib import Path
 
 import readme_renderer.markdown as readme_markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS_SITE = "https://keras-bn.github.io/keras-bn/"
 

@@ -5,9 +5,9 @@ so each backend differentiates it its own way), and autodiff of `ManualBatchNorm
 own forward pass with the hand-written backward switched off. Input gradients and
 gamma/beta gradients, plain, masked, ghost batches, renorm, no gamma or beta,
 float32 and mixed precision. Synchronized statistics are checked with real
-replicas in tests/test_multiprocess.py and tests/test_distributed.py. Every layer
+replicas in tests/experiment/test_multiprocess.py and tests/experiment/test_distributed.py. Every layer
 here is `fused=False`: with the default, TensorFlow and PyTorch would run their own
-kernel (tests/test_native.py) and neither backward written here.
+kernel (tests/layer/test_native.py) and neither backward written here.
 """
 
 import keras

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WIDTH = 78
 # Pages whose lines are not wrapped yet: expected to fail until they are. `strict`
 # makes a fixed page fail here until it is taken off this list. None left.

@@ -15,7 +15,7 @@ import pytest
 from keras_bn import _keras_compat
 
 BACKEND = keras.backend.backend()
-PACKAGE = Path(__file__).resolve().parent.parent / "keras_bn"
+PACKAGE = Path(__file__).resolve().parents[2] / "keras_bn"
 
 
 def test_stateless_scope_is_seen():

@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parent.parent / "scripts" / "check_links.py"
+_PATH = Path(__file__).resolve().parents[2] / "scripts" / "check_links.py"
 _SPEC = importlib.util.spec_from_file_location("check_links", _PATH)
 check_links = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(check_links)

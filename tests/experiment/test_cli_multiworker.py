@@ -23,7 +23,7 @@ from helpers import write_fake_mnist_npz
 from keras_bn.experiment import ExperimentError, RunConfig, RunLock, run_experiment
 from keras_bn.experiment.distribute import read_tf_config
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 import sync_bn_launch as common  # the launcher's free ports and worker environment

@@ -13,7 +13,7 @@ from helpers import write_fake_mnist_npz
 from keras_bn.experiment import RunConfig, RunLock
 from keras_bn.experiment.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_the_run_configs():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # float32 round-off, relative to the scale of what is compared: a few hundred
 # times the float32 epsilon over 4 training steps, far below what local
 # (unsynchronized) statistics would change.

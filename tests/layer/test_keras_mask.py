@@ -292,7 +292,7 @@ def test_kernel_path_with_keras_masks(shape, axis, mask_shape):
                       to_numpy(reference(x, training=True, mask=mask)))
         _assert_same_state(ours, reference)
     if BACKEND not in paths.NATIVE_BACKENDS:
-        return  # JAX has no kernel: fused=True is refused at construction (tests/test_native.py)
+        return  # JAX has no kernel: fused=True is refused at construction (tests/layer/test_native.py)
     # fused=True: the kernel in inference, where the mask changes nothing; refused in
     # training, where the kernel cannot leave positions out.
     kernel = ManualBatchNorm(axis=axis, fused=True)

@@ -221,7 +221,7 @@ def _layouts(names):
     """Returns `names` as parameters; on JAX only the first (its compiles are slow).
 
     JAX has no kernel: both paths are the hand-written one, which
-    tests/test_batch_norm*.py hold to NumPy in every layout.
+    tests/layer/test_batch_norm*.py hold to NumPy in every layout.
     """
     jax_skip = pytest.mark.skipif(BACKEND == "jax", reason="both paths are one on JAX")
     return [names[0]] + [pytest.param(n, marks=jax_skip) for n in names[1:]]

@@ -16,7 +16,7 @@ from keras_bn.experiment.probes import merge_statistics
 from keras_bn.experiment.run import Run
 from keras_bn.notebook.feeder import BatchFeeder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "results.schema.json").read_text(encoding="utf-8"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: A short run: 6 batches of 8, validation at batches 0, 2 and 4, recalibration on 3 batches.

@@ -41,7 +41,7 @@ import pytest
 
 import keras
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 MNIST_DIR_ENV = "KERAS_BN_MNIST_DIR"
 NEEDS_MNIST = "<!-- snippet: needs-mnist -->"

@@ -31,7 +31,7 @@ from keras_bn.experiment import (
 from keras_bn.experiment import results as results_module
 from keras_bn.experiment.checkpoint import RunCheckpoint, read_state
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "results.schema.json").read_text(encoding="utf-8"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULT_KEYS = {"final_validation_accuracy", "final_test_accuracy", "accuracy_on_100_samples",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import griffe
 
-_PATH = Path(__file__).resolve().parent.parent / "docs" / "_griffe" / "doctest_fences.py"
+_PATH = Path(__file__).resolve().parents[2] / "docs" / "_griffe" / "doctest_fences.py"
 _SPEC = importlib.util.spec_from_file_location("doctest_fences", _PATH)
 doctest_fences = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(doctest_fences)
