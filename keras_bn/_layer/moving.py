@@ -35,6 +35,7 @@ class Ops:
     sqrt = staticmethod(ops.sqrt)
     relu = staticmethod(ops.relu)
     ones_like = staticmethod(ops.ones_like)
+    stack = staticmethod(ops.stack)
 
     @staticmethod
     def assign(variable, value):
@@ -88,30 +89,35 @@ def _checked_when_run(count):
 
 
 def _usable(mean, variance, count, unbiased_variance, xp):
-    """Returns `(variance, usable, variance_usable)`: the variance the layer keeps, and where each may move.
+    """Returns `(statistics, usable, variance_usable)`: what the layer keeps, and where each may move.
 
-    Usable: a finite mean and variance from at least one counted value (two,
-    for the unbiased variance). `count` is a Python int (static: one for every
-    channel, at least 2 with the unbiased variance, checked), a scalar int
-    tensor (a batch size unknown when traced) or a float tensor per channel
-    (masks, replicas).
+    `statistics` is the mean and the variance the layer keeps (biased, or
+    unbiased with `unbiased_variance`), stacked on a new first axis when
+    both may move in the same channels (`usable is variance_usable`), else the
+    pair. Usable: a finite mean and variance from at least one counted value
+    (two, for the unbiased variance). `count` is a Python int (static: one for
+    every channel, at least 2 with the unbiased variance, checked), a scalar
+    int tensor (a batch size unknown when traced) or a float tensor per
+    channel (masks, replicas).
     """
-    usable = xp.logical_and(xp.isfinite(mean), xp.isfinite(variance))
     if isinstance(count, int):
         if unbiased_variance:
             variance = variance * (count / (count - 1))
-        return variance, usable, usable
+        statistics = xp.stack((mean, variance))
+        usable = xp.all(xp.isfinite(statistics), axis=0)
+        return statistics, usable, usable
+    usable = xp.logical_and(xp.isfinite(mean), xp.isfinite(variance))
     if unbiased_variance and keras.backend.backend() == "tensorflow" and len(count.shape) == 0:
         count = _checked_when_run(count)
     # One float tensor shaped like the statistics serves every tensor count.
     count = xp.ones_like(mean) * xp.cast(count, mean.dtype)
     usable = xp.logical_and(usable, count > 0)
     if not unbiased_variance:
-        return variance, usable, usable
+        return xp.stack((mean, variance)), usable, usable
     # n / (n - 1) is undefined for n = 1 (a masked channel can count
     # one value): that channel's variance stays where it was.
     variance = variance * (count / xp.maximum(count - 1.0, 1.0))
-    return variance, usable, xp.logical_and(usable, count > 1)
+    return (mean, variance), usable, xp.logical_and(usable, count > 1)
 
 
 def update_statistics(weights, mean, variance, count, spec, xp=Ops):
@@ -125,13 +131,15 @@ def update_statistics(weights, mean, variance, count, spec, xp=Ops):
     check_count(count, spec.unbiased_variance)
     if isinstance(count, int) and count == 0:
         return  # an empty batch counts nothing
-    variance, usable, variance_usable = _usable(mean, variance, count, spec.unbiased_variance, xp)
+    statistics, usable, variance_usable = _usable(mean, variance, count, spec.unbiased_variance, xp)
     if spec.virtual_batch_size is not None:
         # tf.keras's rule: the moving statistics follow the mean of the
         # ghost batches' statistics; a ghost batch with nothing usable is
         # left out of that mean.
+        mean, variance = statistics[0], statistics[1]
         mean, usable = _mean_where(mean, usable, xp)
         variance, variance_usable = _mean_where(variance, variance_usable, xp)
+        statistics = (mean, variance)
 
     momentum = spec.momentum
     if momentum is None:
@@ -142,16 +150,19 @@ def update_statistics(weights, mean, variance, count, spec, xp=Ops):
         seen = xp.cast(weights.num_batches_tracked, "int32") + xp.cast(counted, "int32")
         xp.assign(weights.num_batches_tracked, seen)
         momentum = 1.0 - 1.0 / xp.cast(xp.maximum(seen, 1), mean.dtype)
-        usable = variance_usable = xp.logical_and(usable, counted)
+        usable = xp.logical_and(usable, counted)
+        variance_usable = usable if variance_usable is usable else xp.logical_and(variance_usable, counted)
 
-    _assign_average(weights.moving_mean, mean, momentum, usable, xp)
     if not spec.renorm:
-        _assign_average(weights.moving_variance, variance, momentum, variance_usable, xp)
+        moving = (weights.moving_mean, weights.moving_variance)
+        _assign_averages(moving, statistics, momentum, (usable, variance_usable), xp)
         return
+    mean, variance = statistics[0], statistics[1]
     stddev = xp.sqrt(variance + spec.epsilon)
-    _assign_average(weights.renorm_mean, mean, spec.renorm_momentum, usable, xp)
-    _assign_average(weights.renorm_stddev, stddev, spec.renorm_momentum, variance_usable, xp)
-    new_stddev = _assign_average(weights.moving_stddev, stddev, momentum, variance_usable, xp)
+    _assign_averages((weights.renorm_mean,), mean, spec.renorm_momentum, usable, xp)
+    _assign_averages((weights.renorm_stddev,), stddev, spec.renorm_momentum, variance_usable, xp)
+    new_stddev = _assign_averages((weights.moving_stddev,), stddev, momentum, variance_usable, xp)
+    _assign_averages((weights.moving_mean,), mean, momentum, usable, xp)
     # relu: rounding can take stddev^2 a hair below epsilon.
     xp.assign(weights.moving_variance, xp.relu(new_stddev * new_stddev - spec.epsilon))
 
@@ -164,16 +175,35 @@ def _mean_where(values, usable, xp):
     return total / xp.maximum(n, 1.0), n > 0
 
 
-def _assign_average(variable, batch_value, momentum, usable, xp):
-    """Assigns `variable * momentum + batch_value * (1 - momentum)` where `usable`, else keeps it.
+def _assign_averages(variables, values, momentum, usable, xp):
+    """Assigns each `variable * momentum + value * (1 - momentum)` where `usable`, else keeps it.
 
-    Returns the new value. The entries that are not usable (a NaN or Inf
-    in the batch, nothing counted) keep the old value exactly.
+    `variables` share one shape. `values` holds their batch values: a
+    tensor stacked on a new first axis (or the one value, for one variable),
+    or a tuple of tensors. `usable` is one mask for all of them, or a tuple
+    with one per variable. The variables move as one stacked array, one pass
+    for all: on PyTorch, which runs eagerly, that is a few launches in all
+    rather than a few per variable. Returns the new value of the first one.
+    The entries that are not usable (a NaN or Inf in the batch, nothing
+    counted) keep the old value exactly.
     """
-    current = xp.cast(variable, batch_value.dtype)
-    batch_value = xp.reshape(batch_value, variable.shape)
-    usable = xp.reshape(usable, variable.shape)
-    new = current * momentum + batch_value * (1.0 - momentum)
+    shape = tuple(variables[0].shape)
+    stacked = (len(variables),) + shape if len(variables) > 1 else shape
+    if isinstance(values, tuple):
+        values = xp.stack(values)
+    rows = isinstance(usable, tuple) and any(mask is not usable[0] for mask in usable)
+    if isinstance(usable, tuple):
+        usable = xp.stack(usable) if rows else usable[0]
+    usable = xp.reshape(usable, stacked if rows else shape)
+    if len(variables) == 1:
+        current = xp.cast(variables[0], values.dtype)
+    else:
+        current = xp.stack([xp.cast(variable, values.dtype) for variable in variables])
+    new = current * momentum + xp.reshape(values, stacked) * (1.0 - momentum)
     new = xp.where(usable, new, current)
-    xp.assign(variable, xp.cast(new, variable.dtype))
-    return new
+    if len(variables) == 1:
+        xp.assign(variables[0], xp.cast(new, variables[0].dtype))
+        return new
+    for i, variable in enumerate(variables):
+        xp.assign(variable, xp.cast(new[i], variable.dtype))
+    return new[0]

@@ -341,10 +341,15 @@ class _TorchOps(moving.Ops):
         else:
             variable.value.copy_(value)  # what `assign` does, without its checks
 
+    @staticmethod
+    def all(x, axis=None):
+        """Returns whether every entry of `x` is true, over `axis` or over all of it."""
+        return torch.all(x) if axis is None else torch.all(x, dim=axis)
+
     where = staticmethod(torch.where)
     isfinite = staticmethod(torch.isfinite)
     logical_and = staticmethod(torch.logical_and)
-    all = staticmethod(torch.all)
+    stack = staticmethod(torch.stack)
     sqrt = staticmethod(torch.sqrt)
     relu = staticmethod(torch.relu)
     ones_like = staticmethod(torch.ones_like)
