@@ -30,6 +30,39 @@ def stateless_scope_open():
     return _global_state is None or _global_state.get_global_attribute("stateless_scope") is not None
 
 
+def variable_reader(x):
+    """Returns how a PyTorch path reads its variables' tensors in a call on `x`: `read(variable)`.
+
+    `Variable.value` checks at every read whether a stateless scope or an
+    autocast scope is open and whether the call is symbolic (Keras's meta
+    device), each a lookup in Keras's global state: on PyTorch's eager steps
+    the reads of one batch-norm call cost more than its update's arithmetic.
+    Outside those three cases the value is the variable's own tensor
+    (`variable._value`), so this checks them once per call and then reads
+    that tensor directly; in any of them, or where Keras moved its state, it
+    returns `Variable.value` itself.
+    """
+    if (
+        _global_state is None
+        or x.device.type == "meta"
+        or _global_state.get_global_attribute("stateless_scope") is not None
+        or _global_state.get_global_attribute("autocast_scope") is not None
+    ):
+        return read_value
+    return read_own_tensor
+
+
+def read_value(variable):
+    """Returns `variable.value`: what `variable_reader` returns where a scope is open."""
+    return variable.value
+
+
+def read_own_tensor(variable):
+    """Returns the variable's own tensor (`variable._value`); only where `variable_reader` chose it."""
+    value = getattr(variable, "_value", None)
+    return variable.value if value is None else value
+
+
 def keras_mask(x):
     """Returns the mask Keras attached to tensor `x` (`x._keras_mask`), or `None`."""
     return getattr(x, "_keras_mask", None)

@@ -126,6 +126,7 @@ def kernel_inference(x, weights, spec):
     return batch_norm(
         x, weights.gamma, weights.beta, weights.moving_mean, weights.moving_variance,
         channel=spec.layout.channel_axes[0], epsilon=spec.epsilon, training=False,
+        read=_keras_compat.variable_reader(x),
     )[0]
 
 
@@ -136,26 +137,28 @@ def kernel_training(x, weights, spec):
     unbiased batch variance is made biased again before the update, which
     keeps Keras's convention.
     """
+    read = _keras_compat.variable_reader(x)
     outputs, statistics = batch_norm(
         x, weights.gamma, weights.beta, None, None,
         channel=spec.layout.channel_axes[0], epsilon=spec.epsilon, training=True,
-        virtual_batch_size=spec.virtual_batch_size,
+        virtual_batch_size=spec.virtual_batch_size, read=read,
     )
     groups = statistics.shape[1] // spec.layout.channels  # ghost batches
     count = _count(x, spec) // groups
     mean, variance = statistics if spec.virtual_batch_size is None else statistics.reshape(2, groups, -1)
-    _update(weights, mean, biased_variance(variance, count), count, spec)
+    _update(weights, mean, biased_variance(variance, count), count, spec, read)
     return outputs
 
 
 def batch_norm(x, gamma, beta, moving_mean, moving_variance, *, channel, epsilon, training,
-               virtual_batch_size=None):
+               virtual_batch_size=None, read=_keras_compat.read_value):
     """Returns `(outputs, statistics)` from `F.batch_norm`.
 
     In training `statistics` is the `(2, C)` tensor of the batch mean and the
     Bessel-corrected batch variance, which the kernel fills; with ghost batches
     it has `groups * C` columns, group-major. In inference it is `None`. The
     same on every device: the buffer is made on `x`'s device in its dtype.
+    `read(variable)` gives a variable's tensor (`_keras_compat.variable_reader`).
     """
     groups, ungroup = 1, None
     if training and virtual_batch_size is not None:
@@ -171,8 +174,8 @@ def batch_norm(x, gamma, beta, moving_mean, moving_variance, *, channel, epsilon
     else:
         before = math.prod(x.shape[:channel])
         view, undo = x.reshape(before, channels, -1), lambda y: y.reshape(x.shape)
-    weight = _parameter(gamma, x.dtype, groups)
-    bias = _parameter(beta, x.dtype, groups)
+    weight = _parameter(gamma, x.dtype, groups, read)
+    bias = _parameter(beta, x.dtype, groups, read)
     statistics = None
     if training:
         # Momentum 1 makes the buffers the batch mean and unbiased variance:
@@ -182,8 +185,8 @@ def batch_norm(x, gamma, beta, moving_mean, moving_variance, *, channel, epsilon
         mean, variance = statistics
         momentum = 1.0
     else:
-        mean = moving_mean.value.to(x.dtype)
-        variance = moving_variance.value.to(x.dtype)
+        mean = read(moving_mean).to(x.dtype)
+        variance = read(moving_variance).to(x.dtype)
         momentum = 0.0
     outputs = F.batch_norm(view, mean, variance, weight, bias, training, momentum, epsilon)
     outputs = outputs if undo is None else undo(outputs)
@@ -206,26 +209,26 @@ def _ghost_channels(x, channel, groups):
     return grouped.reshape(merged_shape), undo
 
 
-def _parameter(variable, dtype, groups):
+def _parameter(variable, dtype, groups, read):
     """Returns `variable` (gamma or beta) in `dtype`, repeated for `groups` ghost batches, or `None`."""
     if variable is None:
         return None
-    value = variable.value.to(dtype)
+    value = read(variable).to(dtype)
     return value if groups == 1 else value.repeat(groups)
 
 
 # -- the plain case in direct calls, with the closed-form backward ----------------------
 
 
-def _per_channel(variable, dtype, shape):
+def _per_channel(variable, dtype, shape, read):
     """Returns the (C,) `variable` as a tensor of `dtype` shaped `shape`, to broadcast against the input."""
-    return variable.value.to(dtype).reshape(shape)
+    return read(variable).to(dtype).reshape(shape)
 
 
-def _parameters(weights, dtype, shape):
+def _parameters(weights, dtype, shape, read):
     """Returns `(gamma, beta)` shaped to broadcast against the input, `None` for those absent."""
-    gamma = None if weights.gamma is None else _per_channel(weights.gamma, dtype, shape)
-    beta = None if weights.beta is None else _per_channel(weights.beta, dtype, shape)
+    gamma = None if weights.gamma is None else _per_channel(weights.gamma, dtype, shape, read)
+    beta = None if weights.beta is None else _per_channel(weights.beta, dtype, shape, read)
     return gamma, beta
 
 
@@ -287,34 +290,40 @@ class _BatchNorm(torch.autograd.Function):
 
 def inference(x, weights, spec):
     """Returns `x` normalized with the moving statistics."""
-    shape = spec.layout.broadcast_shape
-    centered = x - _per_channel(weights.moving_mean, x.dtype, shape)
-    inv = torch.rsqrt(_per_channel(weights.moving_variance, x.dtype, shape) + spec.epsilon)
-    return _normalize(centered, inv, *_parameters(weights, x.dtype, shape))
+    shape, read = spec.layout.broadcast_shape, _keras_compat.variable_reader(x)
+    centered = x - _per_channel(weights.moving_mean, x.dtype, shape, read)
+    inv = torch.rsqrt(_per_channel(weights.moving_variance, x.dtype, shape, read) + spec.epsilon)
+    return _normalize(centered, inv, *_parameters(weights, x.dtype, shape, read))
 
 
 def closed_form_training(x, weights, spec):
     """Returns `x` normalized with its batch statistics, and updates the moving ones."""
-    count = _count(x, spec)
-    gamma, beta = _parameters(weights, x.dtype, spec.layout.broadcast_shape)
+    count, read = _count(x, spec), _keras_compat.variable_reader(x)
+    gamma, beta = _parameters(weights, x.dtype, spec.layout.broadcast_shape, read)
     outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, spec.layout.reduction_axes, spec.epsilon)
-    _update(weights, mean, variance, count, spec)
+    _update(weights, mean, variance, count, spec, read)
     return outputs
 
 
-def _update(weights, mean, variance, count, spec):
+def _update(weights, mean, variance, count, spec, read):
     """Folds the batch statistics into the moving averages by the layer's one rule, without gradient."""
     with torch.no_grad():
-        moving.update_statistics(weights, mean, variance, count, spec, xp=_TorchOps)
+        moving.update_statistics(weights, mean, variance, count, spec, xp=_OPS[read])
 
 
 class _TorchOps(moving.Ops):
-    """`moving.Ops` in direct torch calls: the update costs a few kernel launches."""
+    """`moving.Ops` in direct torch calls: the update costs a few kernel launches.
 
-    @staticmethod
-    def cast(x, dtype):
+    One instance per variable reader (`_OPS`): `read(variable)` gives a
+    variable's tensor (`_keras_compat.variable_reader`).
+    """
+
+    def __init__(self, read):
+        self.read = read
+
+    def cast(self, x, dtype):
         """Returns `x` (a tensor or a Keras variable) in `dtype`, a torch dtype or a dtype name."""
-        x = x.value if isinstance(x, keras.Variable) else x
+        x = self.read(x) if isinstance(x, keras.Variable) else x
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         return x if x.dtype == dtype else x.to(dtype)
 
@@ -333,13 +342,12 @@ class _TorchOps(moving.Ops):
         """Returns the sum of `x` over `axis`."""
         return torch.sum(x, dim=axis)
 
-    @staticmethod
-    def assign(variable, value):
+    def assign(self, variable, value):
         """Assigns `value` to the Keras variable `variable`."""
         if _keras_compat.stateless_scope_open():
             variable.assign(value)  # a stateless call records the new value in its scope
         else:
-            variable.value.copy_(value)  # what `assign` does, without its checks
+            self.read(variable).copy_(value)  # what `assign` does, without its checks
 
     @staticmethod
     def all(x, axis=None):
@@ -353,3 +361,9 @@ class _TorchOps(moving.Ops):
     sqrt = staticmethod(torch.sqrt)
     relu = staticmethod(torch.relu)
     ones_like = staticmethod(torch.ones_like)
+
+
+_OPS = {
+    read: _TorchOps(read)
+    for read in (_keras_compat.read_value, _keras_compat.read_own_tensor)
+}

@@ -25,6 +25,24 @@ def test_stateless_scope_is_seen():
         assert _keras_compat.stateless_scope_open()
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the reader serves the PyTorch paths")
+def test_a_variable_is_read_as_variable_value_reads_it():
+    import torch
+
+    variable = keras.Variable(np.arange(3.0, dtype="float32"), name="v")
+    x = torch.zeros(2)
+    read = _keras_compat.variable_reader(x)
+    assert read is _keras_compat.read_own_tensor, "Keras's global state moved: reads take Variable.value"
+    assert read(variable) is variable.value
+    with keras.StatelessScope(state_mapping=[(variable, np.ones(3, "float32"))]):
+        read = _keras_compat.variable_reader(x)
+        np.testing.assert_array_equal(read(variable).numpy(), np.ones(3))
+    with keras.src.backend.AutocastScope("float16"):  # the scope Keras opens for mixed precision
+        read = _keras_compat.variable_reader(x)
+        assert read(variable).dtype == torch.float16
+    assert _keras_compat.variable_reader(torch.zeros(2, device="meta")) is _keras_compat.read_value
+
+
 def test_a_keras_mask_is_read():
     x = np.array([[[1.0], [0.0]], [[2.0], [3.0]]], "float32")
     masked = keras.layers.Masking()(x)
