@@ -53,16 +53,51 @@ def _keras_incompatibilities(config):
     return problems
 
 
+# Options of Keras's layer newer than keras-bn's oldest Keras (pyproject.toml): the
+# release that added each and the arguments that come with it. On an older Keras
+# they are left out while the option is off, and the conversion is refused when on.
+_KERAS_ADDED = {"renorm": ("3.14", ("renorm", "renorm_clipping", "renorm_momentum"))}
+
+
+def _keras_arguments():
+    """Returns the keyword arguments the installed Keras's `BatchNormalization` takes, its base `Layer`'s included."""
+    names = set()
+    for cls in (keras.layers.BatchNormalization, keras.layers.Layer):
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names - {"self"}
+
+
+def _for_installed_keras(config):
+    """Returns `(config, problems)`: `config` without what the installed Keras's layer lacks, and why that matters."""
+    accepted = _keras_arguments()
+    defaults = inspect.signature(ManualBatchNorm.__init__).parameters
+    config, problems = dict(config), []
+    for option, (since, keys) in _KERAS_ADDED.items():
+        if option in accepted:
+            continue
+        if config.get(option, defaults[option].default) != defaults[option].default:
+            problems.append(f"{option}={config[option]!r} (the installed Keras {keras.version()}'s "
+                            f"BatchNormalization has no {option}; it needs Keras {since} or later)")
+        for key in keys:
+            config.pop(key, None)
+    for key in sorted(set(config) - accepted):
+        problems.append(f"{key}={config[key]!r} (the installed Keras {keras.version()}'s "
+                        f"BatchNormalization does not take {key})")
+    return config, problems
+
+
 def _to_keras(layer, options):
     """Returns a Keras `BatchNormalization` configured like the `ManualBatchNorm` `layer`, or raises."""
     config = _config(layer, options)
     problems = _keras_incompatibilities(config)
-    if problems:
-        return None, problems
     for key in _MANUAL_ONLY:
         config.pop(key, None)
     # Which kernel computes it is ManualBatchNorm's choice; the maths is the same.
     config.pop("fused", None)
+    config, lacking = _for_installed_keras(config)
+    if problems or lacking:
+        return None, problems + lacking
     if isinstance(config["axis"], (list, tuple)):
         config["axis"] = config["axis"][0]
     return keras.layers.BatchNormalization(**config), []
@@ -159,6 +194,14 @@ def _check_options(to, options):
     return target
 
 
+#: What a batch norm that `convert_batch_norm` kept inside a custom layer does, and the way out.
+_KEPT_UNCONVERTED = (
+    "They are left unconverted and still compute what they computed (batch statistics in "
+    "training, moving statistics in inference). To convert them, build those custom layers "
+    "with the layer you want in place, or make their call() traceable."
+)
+
+
 def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     """Returns a new model with its batch normalizations swapped for another layer, weights included.
 
@@ -174,8 +217,9 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     - `to="keras"`: each `ManualBatchNorm` becomes a
       `keras.layers.BatchNormalization`. Options that Keras's layer does not
       have (ghost batches, the unbiased or cumulative statistics, several
-      axes, `synchronized` outside TensorFlow) cannot be converted: the call
-      raises and names every such layer and option, and nothing is converted.
+      axes, `synchronized` outside TensorFlow, `renorm` before Keras 3.14)
+      cannot be converted: the call raises and names every such layer and
+      option, and nothing is converted.
     - `to="synchronized"` and `to="unsynchronized"`: every batch norm
       (Keras's or `ManualBatchNorm`) synchronizes its statistics across
       replicas, or stops doing so (PyTorch's `convert_sync_batchnorm` and
@@ -214,7 +258,8 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
             `"manual"`.
         custom_layers: What to do with batch norms inside custom layers
             that cannot be turned into graphs: `"raise"` a `ValueError` that
-            names them, or `"keep"` them unconverted. Defaults to `"raise"`.
+            names them, or `"keep"` them unconverted, with a `UserWarning`
+            that names them. Defaults to `"raise"`.
         **options: Constructor arguments set on every converted layer, on top
             of the configuration it had.
 
@@ -252,7 +297,7 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     """
     _graph.check_model(model, "convert_batch_norm")
     target = _check_options(to, options)
-    converted, refused = set(), []
+    converted, refused, replaced = set(), [], set()
 
     def replace(path, layer):
         if not target.converts(layer):
@@ -262,6 +307,7 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
             refused.append(f"{path!r}: {'; '.join(problems)}")
             return None
         converted.add(path)
+        replaced.add(id(layer))
         return new_layer
 
     def weights_for(path, old, new):
@@ -274,4 +320,7 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
             f"convert_batch_norm(to={to!r}) cannot convert these layers, whose options the "
             "target lacks:\n  " + "\n  ".join(refused)
         )
+    if custom_layers == "keep":
+        _graph.warn_kept("convert_batch_norm", model, lambda path, layer: target.converts(layer),
+                         replaced, _KEPT_UNCONVERTED)
     return new_model

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 import keras
-from helpers import input_and_weight_grads, to_numpy
+from helpers import input_and_weight_grads, numpy_batch_norm, to_numpy
 from keras_bn import ManualBatchNorm, convert_batch_norm
 
 BN = keras.layers.BatchNormalization
+# Keras's own layer has `renorm` from Keras 3.14 on; keras-bn's oldest Keras is 3.10.
+KERAS_HAS_RENORM = tuple(int(part) for part in keras.version().split(".")[:2]) >= (3, 14)
 
 
 def _model(bn=BN, **bn_kwargs):
@@ -191,6 +193,44 @@ def test_a_batch_norm_inside_a_custom_layer_is_converted_or_refused_by_path():
         convert_batch_norm(branching)
 
 
+def test_to_keras_works_on_every_keras_and_refuses_renorm_where_keras_lacks_it():
+    """Issue 31: on Keras 3.10 to 3.13 `to="keras"` passed renorm's arguments to a layer without them.
+
+    The converted layer is checked against NumPy: same output in inference, same
+    moving statistics after a training step. A renorm layer converts where Keras
+    has renorm and is refused by name, with both versions, where it does not.
+    """
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="dense"),
+                              ManualBatchNorm(momentum=0.8, epsilon=0.01, name="bn")])
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(16, 6)).astype("float32")
+    model(x, training=True)  # moving statistics off their initial values
+    layer = convert_batch_norm(model, to="keras").get_layer("bn")
+    assert type(layer) is BN and (layer.momentum, layer.epsilon) == (0.8, 0.01)
+    state = {name: to_numpy(getattr(model.get_layer("bn"), name)).astype("float64")
+             for name in ("gamma", "beta", "moving_mean", "moving_variance")}
+    h = to_numpy(model.get_layer("dense")(x))
+    for training in (False, True):
+        expected = numpy_batch_norm(h, [-1], state, momentum=0.8, epsilon=0.01, training=training)
+        np.testing.assert_allclose(to_numpy(layer(h, training=training)), expected, rtol=1e-5, atol=1e-5)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(to_numpy(getattr(layer, name)), state[name], rtol=1e-5, atol=1e-6)
+
+    renorm = keras.Sequential([keras.Input((6,)), ManualBatchNorm(renorm=True, renorm_clipping={"rmax": 2.0}, name="bn")])
+    for converting in (lambda: convert_batch_norm(renorm, to="keras"),
+                       lambda: convert_batch_norm(model, to="keras", renorm=True)):
+        if KERAS_HAS_RENORM:
+            assert converting().get_layer("bn").renorm
+            continue
+        with pytest.raises(ValueError, match=r"cannot convert these layers") as raised:
+            converting()
+        assert (f"'bn': renorm=True (the installed Keras {keras.version()}'s BatchNormalization has no "
+                "renorm; it needs Keras 3.14 or later)") in str(raised.value)
+
+
+@pytest.mark.skipif(not KERAS_HAS_RENORM, reason=f"Keras {keras.version()}'s BatchNormalization has no renorm "
+                    "(it came in Keras 3.14); test_to_keras_works_on_every_keras_and_refuses_renorm_where_keras_"
+                    "lacks_it checks what conversion does there")
 def test_renorm_and_mixed_precision_carry_over():
     original = keras.Sequential(
         [
