@@ -198,7 +198,7 @@ def _check_options(to, options):
 _KEPT_UNCONVERTED = (
     "They are left unconverted and still compute what they computed (batch statistics in "
     "training, moving statistics in inference). To convert them, build those custom layers "
-    "with the layer you want in place, or make their call() traceable."
+    "with the layer you want in place, or make them follow the rules above."
 )
 
 
@@ -297,7 +297,7 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
     """
     _graph.check_model(model, "convert_batch_norm")
     target = _check_options(to, options)
-    converted, refused, replaced = set(), [], set()
+    converted, refused, kept = set(), [], {}
 
     def replace(path, layer):
         if not target.converts(layer):
@@ -307,20 +307,17 @@ def convert_batch_norm(model, *, to="manual", custom_layers="raise", **options):
             refused.append(f"{path!r}: {'; '.join(problems)}")
             return None
         converted.add(path)
-        replaced.add(id(layer))
         return new_layer
 
     def weights_for(path, old, new):
         return _graph.weights_by_name(old) if path in converted else None
 
     new_model = _graph.rebuild(model, replace, weights_for, reach=lambda path, layer: target.converts(layer),
-                               caller="convert_batch_norm", custom_layers=custom_layers)
+                               caller="convert_batch_norm", custom_layers=custom_layers, kept=kept)
     if refused:
         raise ValueError(
             f"convert_batch_norm(to={to!r}) cannot convert these layers, whose options the "
             "target lacks:\n  " + "\n  ".join(refused)
         )
-    if custom_layers == "keep":
-        _graph.warn_kept("convert_batch_norm", model, lambda path, layer: target.converts(layer),
-                         replaced, _KEPT_UNCONVERTED)
+    _graph.warn_kept("convert_batch_norm", kept, _KEPT_UNCONVERTED)
     return new_model

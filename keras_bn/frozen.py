@@ -133,8 +133,22 @@ def _selector(layers, caller):
                                    for p in patterns)
 
 
+#: What a batch norm that `freeze_batch_norm` kept inside a custom layer does, and the way out.
+_KEPT_UNFROZEN = (
+    "They are still ordinary batch norms, not FrozenBatchNorm: in fit they keep updating their "
+    "moving statistics and training their gamma and beta. To freeze them, set trainable=False "
+    "on the custom layers that hold them (Keras then runs their batch norms in inference mode, "
+    "until something sets trainable=True again), or make those layers follow the rules above "
+    "and call freeze_batch_norm again."
+)
+
+
 def _swap(model, layers, caller, is_source, make, custom_layers="raise"):
-    """Rebuilds `model` with `make(layer)` in place of each selected `is_source` layer, weights carried."""
+    """Rebuilds `model` with `make(layer)` in place of each selected `is_source` layer, weights carried.
+
+    With `custom_layers="keep"`, the selected layers it had to keep inside
+    custom layers are named in one `UserWarning` (`_KEPT_UNFROZEN`).
+    """
     _graph.check_model(model, caller)
     select = _selector(layers, caller)
     candidates = {path: layer for path, layer in _graph.sublayers(model).items() if is_source(layer)}
@@ -142,7 +156,7 @@ def _swap(model, layers, caller, is_source, make, custom_layers="raise"):
     if not chosen:
         raise ValueError(f"{caller}: `layers` selects none of the model's {len(candidates)} candidate "
                          f"layer(s) ({', '.join(candidates) or 'none'}). Received: layers={layers!r}")
-    swapped = set()
+    swapped, kept = set(), {}
 
     def replace(path, layer):
         if id(layer) not in chosen:
@@ -153,8 +167,10 @@ def _swap(model, layers, caller, is_source, make, custom_layers="raise"):
     def weights_for(path, old, new):
         return _graph.weights_by_name(old) if path in swapped else None
 
-    return _graph.rebuild(model, replace, weights_for, reach=lambda path, layer: id(layer) in chosen,
-                          caller=caller, custom_layers=custom_layers)
+    new_model = _graph.rebuild(model, replace, weights_for, reach=lambda path, layer: id(layer) in chosen,
+                               caller=caller, custom_layers=custom_layers, kept=kept)
+    _graph.warn_kept(caller, kept, _KEPT_UNFROZEN, stacklevel=3)
+    return new_model
 
 
 def _frozen_like(layer, trainable_affine):
@@ -185,8 +201,9 @@ def freeze_batch_norm(model, layers=None, *, trainable_affine=False, custom_laye
         custom_layers: What to do with batch norms inside custom layers
             (a `call` in Python) that cannot be turned into graphs: `"raise"`
             a `ValueError` that names them with the reason, or `"keep"` them
-            as they are. Those that can are frozen like the others (see the
-            "Custom layers" guide). Defaults to `"raise"`.
+            as they are, with a `UserWarning` that names them: they still
+            train in `fit`. Those that can are frozen like the others (see
+            the "Custom layers" guide). Defaults to `"raise"`.
 
     Returns:
         A new `keras.Model`, uncompiled unless `model` was compiled.
@@ -195,6 +212,12 @@ def freeze_batch_norm(model, layers=None, *, trainable_affine=False, custom_laye
         ValueError: `layers` selects no batch norm, or a batch norm is inside
             a custom layer that cannot be turned into a graph.
         TypeError: `model` is not a Keras model, or `layers` is of another type.
+
+    Warns:
+        UserWarning: with `custom_layers="keep"`, once per call, naming the
+            chosen batch norms it kept inside custom layers, which go on
+            updating their moving statistics and training their `gamma` and
+            `beta` in `fit`, and what to do about them.
 
     Example:
 

@@ -1,6 +1,8 @@
 """Shared test helpers: the layer contract, gradients on every backend, and a NumPy BN."""
 
 import contextlib
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +250,21 @@ def left_out(conftest_file, backends, modules=None):
         for path in sorted(area.glob("test_*.py"))
         if backend not in (modules or {}).get(path.name, backends)
     ]
+
+
+@contextlib.contextmanager
+def warns_once(category, match):
+    """Expects the block to warn exactly once with `category`, a message that `match` finds.
+
+    The configuration's filters stay in force for every other warning (an error,
+    or ignored for the backends' own deprecations). `pytest.warns` would catch
+    those too and show them again from the module `warnings`, where the filters
+    for `keras.src` and the backends no longer match, failing the test. Yields
+    the list of the warnings caught.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", category=category)
+        yield caught
+    messages = [str(w.message) for w in caught if issubclass(w.category, category)]
+    assert len(messages) == 1, f"expected one {category.__name__}, got {messages}"
+    assert re.search(match, messages[0]), f"{match!r} not found in {messages[0]!r}"

@@ -44,7 +44,7 @@ from keras_bn._graph.layers import (
     weights_by_name,
 )
 from keras_bn._graph.inline import NotInlined, model_stand_in
-from keras_bn._graph.reach import describe, unreached
+from keras_bn._graph.reach import describe, unreached, warn_kept
 from keras_bn._graph.rebuild import Rebuilder, clone_layer, copy_opaque, rebuild
 from keras_bn._graph.trace import Call, Graph, inputs_of, trace
 
@@ -75,5 +75,6 @@ __all__ = [
     "sublayers",
     "trace",
     "unreached",
+    "warn_kept",
     "weights_by_name",
 ]

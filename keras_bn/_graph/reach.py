@@ -1,4 +1,6 @@
-"""What the tools could not reach, and the errors that name it."""
+"""What the tools could not reach, and the errors and warnings that name it."""
+
+import warnings
 
 from keras_bn._graph.layers import is_graph_model, sublayers
 
@@ -62,3 +64,24 @@ def refuse_subclassed(model, reach, caller, custom_layers, why="its call() canno
             f"{', '.join(map(repr, found))}. Nothing was changed. {_KEEP_HINT}"
         )
     return found
+
+
+def warn_kept(caller, found, consequence, stacklevel=2):
+    """Warns, with one `UserWarning`, of the layers `caller` kept inside custom layers.
+
+    `found` is `{path: (custom layer path, custom layer, why)}`, as `unreached`
+    gives it (`rebuild`'s `kept`, after `custom_layers="keep"`). The warning
+    gives their count, each path with its layer and the reason, then
+    `consequence`: what they do now, and how to change that. `stacklevel` is
+    `warnings.warn`'s, seen from the caller of this function. Nothing is
+    warned for none.
+    """
+    if not found:
+        return
+    lines = "\n  ".join(f"{path!r}: {describe(*how)}" for path, how in found.items())
+    warnings.warn(
+        f"{caller} kept {len(found)} batch norm(s) as they were, inside custom layers that "
+        f"keras-bn could not turn into graphs:\n  {lines}\n{consequence} The rules a custom "
+        "layer must follow are in the Custom layers guide (docs/guide/custom_layers.md).",
+        UserWarning, stacklevel=stacklevel + 1,
+    )

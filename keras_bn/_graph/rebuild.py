@@ -197,26 +197,33 @@ def copy_opaque(model, caller):
         ) from error
     return new
 
-def rebuild(model, replace, weights_for=None, *, reach=None, caller="rebuild", custom_layers="raise"):
+def rebuild(model, replace, weights_for=None, *, reach=None, caller="rebuild", custom_layers="raise",
+            kept=None):
     """Returns a new model with each leaf layer replaced by `replace(path, layer)` or cloned, weights copied.
 
     `weights_for(path, old, new)` returns `{weight name: array}` for a new
     layer, or `None` to copy the old layer's weights as they are. The layers
     with `reach(path, layer)` inside custom layers are reached through the
     layers' stand-ins; those that cannot be are named in a `ValueError` from
-    `caller`, or, with `custom_layers="keep"`, left inside their layer's clone.
+    `caller`, or, with `custom_layers="keep"`, left inside their layer's clone
+    and added to the dict `kept` (when given) as `unreached` names them.
     A subclassed model is rebuilt through its own stand-in (a Functional
     model), or copied whole.
     """
     check_custom_layers(custom_layers)
     source = model if is_graph_model(model) else subclassed_as_graph(model, reach, caller, custom_layers)
     if source is None:
+        if kept is not None:
+            kept.update((path, (model.name, model, "the subclassed model is copied whole"))
+                        for path in refuse_subclassed(model, reach, caller, "keep"))
         return copy_opaque(model, caller)
     rebuilder = Rebuilder(replace, reach)
     with global_policy(model):
         new_model = rebuilder.model(source)
     if custom_layers == "raise":
         refuse_unreached(unreached(rebuilder.opaque, rebuilder.pairs, reach), caller)
+    elif kept is not None:
+        kept.update(unreached(rebuilder.opaque, rebuilder.pairs, reach))
     _copy_weights(rebuilder.pairs, weights_for)
     if _is_task(model):
         new_model = _as_task(model, new_model)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import zoo
-from helpers import to_numpy
+from helpers import to_numpy, warns_once
 
 from keras_bn import (
     FoldedBatchNorm,
@@ -225,7 +225,9 @@ def test_a_custom_layer_that_is_no_graph_is_named_with_the_reason(block, why):
         convert_batch_norm(model)
     with pytest.raises(ValueError, match=r"(?s)freeze_batch_norm cannot reach.*'block/bn'"):
         freeze_batch_norm(model)
-    kept = convert_batch_norm(model, custom_layers="keep")
+    with warns_once(UserWarning, r"(?s)convert_batch_norm kept 1 batch norm\(s\) as they were.*"
+                      r"'block/bn': inside 'block' \(\w+\): .*" + why + r".*They are left unconverted"):
+        kept = convert_batch_norm(model, custom_layers="keep")
     assert [layer.name for layer in _batch_norms(kept, ManualBatchNorm)] == ["stem_bn"]
     x = _images()
     np.testing.assert_allclose(to_numpy(kept(x, training=False)), to_numpy(model(x, training=False)),

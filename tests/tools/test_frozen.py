@@ -1,9 +1,11 @@
 """FrozenBatchNorm, freeze_batch_norm and unfreeze_batch_norm: frozen stays frozen, against NumPy and Keras."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
-from helpers import to_numpy
+from helpers import to_numpy, warns_once
 
 from keras_bn import (
     FrozenBatchNorm,
@@ -148,6 +150,75 @@ def test_bad_selections_are_refused_by_name():
         unfreeze_batch_norm(model)
     with pytest.raises(ValueError, match=r"epsilon must be positive. Received: epsilon=0"):
         FrozenBatchNorm(epsilon=0)
+
+
+class ScaledNorm(keras.layers.Layer):
+    """A batch norm, then a scale of the layer's own: a weight outside its sub-layers, so no tool can inline it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = keras.layers.BatchNormalization(name="inner_bn")
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x, training=None):
+        return self.norm(x, training=training) * self.scale
+
+
+def _model_with_a_custom_layer():
+    """`_model`'s first block, then a `ScaledNorm` holding a batch norm the tools cannot reach."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    h = keras.layers.BatchNormalization(name="block1_bn")(h)
+    h = ScaledNorm(name="scaled")(keras.layers.ReLU()(h))
+    outputs = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, outputs)
+
+
+def _fit_changes(model, layer, x, y):
+    """Fits `model` as a fine-tuning recipe does; returns which of `layer`'s weights changed."""
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = {w.name: to_numpy(w).copy() for w in layer.weights}
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    return sorted(w.name for w in layer.weights if not np.array_equal(to_numpy(w), before[w.name]))
+
+
+def test_keeping_a_batch_norm_inside_a_custom_layer_warns_once_and_says_what_it_does():
+    model = _model_with_a_custom_layer()
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"(?s)freeze_batch_norm cannot reach.*'scaled/inner_bn'"):
+        freeze_batch_norm(model)
+    with warns_once(UserWarning, r"^freeze_batch_norm kept 1 batch norm") as record:
+        frozen = freeze_batch_norm(model, custom_layers="keep")
+    message = str(record[0].message)
+    assert message.startswith(
+        "freeze_batch_norm kept 1 batch norm(s) as they were, inside custom layers that keras-bn "
+        "could not turn into graphs:\n  'scaled/inner_bn': inside 'scaled' (ScaledNorm): it has "
+        "state of its own ('scaled/scale'), outside its sub-layers")
+    assert "in fit they keep updating their moving statistics and training their gamma and beta" in message
+    assert "set trainable=False on the custom layers that hold them" in message
+    assert "docs/guide/custom_layers.md" in message
+    assert record[0].filename == __file__  # It points at the call, not into keras-bn.
+    assert type(frozen.get_layer("block1_bn")) is FrozenBatchNorm
+
+    # What it says is what fit does: the frozen layer stays, the kept one trains...
+    frozen.trainable = True
+    kept = frozen.get_layer("scaled").norm
+    assert type(kept) is keras.layers.BatchNormalization
+    assert _fit_changes(frozen, frozen.get_layer("block1_bn"), x, y) == []
+    assert _fit_changes(frozen, kept, x, y) == ["beta", "gamma", "moving_mean", "moving_variance"]
+    # ...until its custom layer is made non-trainable, as the warning advises.
+    frozen.get_layer("scaled").trainable = False
+    assert _fit_changes(frozen, kept, x, y) == []
+
+
+def test_nothing_is_warned_when_every_batch_norm_is_frozen():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the configuration's rule, said here
+        frozen = freeze_batch_norm(_model(), custom_layers="keep")
+    assert [type(layer).__name__ for layer in frozen.layers].count("FrozenBatchNorm") == 2
 
 
 def test_mixed_precision_keeps_float32_statistics_and_float16_outputs():

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pytest
 import zoo
-from helpers import to_numpy
+from helpers import to_numpy, warns_once
 
 from keras_bn import (
     FrozenBatchNorm,
@@ -164,7 +164,11 @@ def test_conversion_predicts_and_trains_the_same(name):
     if hidden:
         with pytest.raises(ValueError, match=r"cannot reach these layers inside custom layers"):
             convert_batch_norm(model)
-    converted = _no_dropout(convert_batch_norm(_no_dropout(model), custom_layers="keep" if hidden else "raise"))
+        with warns_once(UserWarning, rf"convert_batch_norm kept {hidden} batch norm\(s\) as they were"):
+            converted = convert_batch_norm(_no_dropout(model), custom_layers="keep")
+    else:
+        converted = convert_batch_norm(_no_dropout(model))
+    converted = _no_dropout(converted)
     manual = zoo.batch_norm_layers(converted, ManualBatchNorm)
     assert len(manual) == len(zoo.batch_norm_layers(model)) - hidden - _unused(name)
     # float64 round-off, amplified by batch statistics of 2 samples through up to
@@ -191,7 +195,11 @@ def test_frozen_model_is_the_inference_model_in_training_mode(name):
     if hidden:
         with pytest.raises(ValueError, match=r"freeze_batch_norm cannot reach these layers inside custom layers"):
             freeze_batch_norm(model)
-    frozen = _no_dropout(freeze_batch_norm(model, custom_layers="keep" if hidden else "raise"))
+        with warns_once(UserWarning, rf"freeze_batch_norm kept {hidden} batch norm\(s\) as they were"):
+            frozen = freeze_batch_norm(model, custom_layers="keep")
+    else:
+        frozen = freeze_batch_norm(model)
+    frozen = _no_dropout(frozen)
     count = len(zoo.batch_norm_layers(model)) - hidden - _unused(name)
     assert len(zoo.batch_norm_layers(frozen, FrozenBatchNorm)) == count
     if hidden:
