@@ -26,6 +26,10 @@ The layer and its tools:
   moving statistics with the current weights on given batches (PreciseBN), and
   [`RecalibrateBatchNorm`][keras_bn.RecalibrateBatchNorm], the callback that does it
   before each evaluation during `fit`.
+- [`adapt_batch_norm`][keras_bn.adapt_batch_norm] and
+  [`BatchNormAdapter`][keras_bn.BatchNormAdapter]: test-time adaptation of the
+  batch norms to unlabeled shifted data, by their statistics (with a prior on
+  the source ones) or by TENT's entropy minimization, over a data set or online.
 - [`from_torch_state_dict`][keras_bn.from_torch_state_dict],
   [`load_torch_state_dict`][keras_bn.load_torch_state_dict] and
   [`to_torch_state_dict`][keras_bn.to_torch_state_dict]: a PyTorch
@@ -58,6 +62,7 @@ The experiment harness, in `keras_bn.experiment`:
 
 __version__ = "0.1.0"
 
+from keras_bn.adapt import BatchNormAdapter, adapt_batch_norm
 from keras_bn.batch_norm import ManualBatchNorm
 from keras_bn.convert import convert_batch_norm
 from keras_bn.folding import FoldedBatchNorm, FoldReport, fold_batch_norm
@@ -78,6 +83,7 @@ from keras_bn.recalibrate import RecalibrateBatchNorm, recalibrate_batch_norm
 
 __all__ = [
     "BatchFeeder",
+    "BatchNormAdapter",
     "DataSplit",
     "FoldReport",
     "FoldedBatchNorm",
@@ -88,6 +94,7 @@ __all__ = [
     "NotebookLogger",
     "RecalibrateBatchNorm",
     "__version__",
+    "adapt_batch_norm",
     "compile_like_notebook",
     "convert_batch_norm",
     "deep_mnist_model",
