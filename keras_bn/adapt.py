@@ -191,8 +191,8 @@ class BatchNormAdapter:
     !!! warning "Small batches without a prior"
         With `prior_strength=0`, statistics of a few samples are noisy: a
         batch of 1 to 16 images can do much worse than no adaptation at all.
-        Give a prior (Schneider et al. found N of about 16 good for small
-        batches) or larger batches. A batch that gives some batch norm a
+        Give a prior (a source worth a few to a few dozen samples) or
+        larger batches; the test-time adaptation guide measures both. A batch that gives some batch norm a
         single value per channel (one sample into a batch norm after a
         `Dense` layer) is refused with `prior_strength=0`: its variance is 0.
 
@@ -216,9 +216,9 @@ class BatchNormAdapter:
         optimizer: TENT's optimizer: a `keras.optimizers.Optimizer` (copied
             from its config: the instance itself is not used), its name or
             config, or `None` for `Adam(learning_rate=1e-3)`, what TENT's
-            paper uses for its CIFAR-size networks (it takes SGD with
-            momentum 0.9 and a learning rate of 0.00025 for ImageNet's
-            ResNet-50). Defaults to `None`.
+            authors use for their CIFAR-10 network (Adam with a learning
+            rate of 1e-3, beta_1 0.9, no weight decay; the paper takes SGD
+            with momentum for ImageNet's ResNet-50). Defaults to `None`.
         steps_per_batch: Optimizer steps per batch with `"tent"`. Defaults
             to `1`.
         episodic: With `"tent"`, whether to reset to the source before each
@@ -277,8 +277,9 @@ class BatchNormAdapter:
                 raise ValueError(f"BatchNormAdapter(method='tent') needs a model with one output, the "
                                  f"predictions. Received: model {model.name!r} with {count} outputs")
             _train_only_batch_norms(network)
-            self.optimizer = _fresh_optimizer(optimizer)
-            self.model.compile(optimizer=self.optimizer)
+            self.model.compile(optimizer=_fresh_optimizer(optimizer))
+            # Under mixed_float16, compile wraps it in a LossScaleOptimizer, whose state counts too.
+            self.optimizer = self.model.optimizer
             self.optimizer.build(self.model.trainable_variables)
         self._state = list(self.model.trainable_variables)
         if self.optimizer is not None:

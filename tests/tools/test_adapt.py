@@ -400,6 +400,24 @@ def test_adapt_batch_norm_tent_is_the_adapter_then_the_statistics():
     assert _same(_all_weights(model), before)
 
 
+def test_mixed_precision_adapts_in_float32_and_resets_the_loss_scale_too():
+    x = _data(16, seed=3)
+    reference = BatchNormAdapter(_tent_model("logits"), method="tent").predict_on_batch(x)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        adapter = BatchNormAdapter(_tent_model("logits"), method="tent")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    bn = _layer(adapter.model, "bn")
+    assert bn.compute_dtype == "float16" and bn.gamma.dtype == "float32"
+    state = adapter.model.variables + adapter.optimizer.variables
+    assert any("dynamic_scale" in v.path for v in adapter.optimizer.variables)
+    source = [_np(v) for v in state]
+    np.testing.assert_allclose(adapter.predict_on_batch(x), reference, rtol=2e-2, atol=2e-2)
+    adapter.reset()
+    assert _same([_np(v) for v in state], source)
+
+
 # -- a keras-hub model with batch norms inside custom blocks ------------------------
 
 
