@@ -1,7 +1,6 @@
-"""What every figure of `bench.py` shares: the machine, the timing loop, the data, the names."""
+"""What every figure of `bench.py` shares: the timing loop, the statistics, the data, the names."""
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,66 +19,11 @@ CLOSED_FORM = "ManualBatchNorm, fused=False, closed-form"
 
 AUTODIFF = "ManualBatchNorm, fused=False, autodiff"
 
+KERAS = "Keras BatchNormalization"
 
-def cpu_name():
-    """Returns the CPU model from /proc/cpuinfo, or what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+IDENTITY = "keras.layers.Identity in place of BN"
 
-
-def cores():
-    """Returns the number of cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
-def limit_threads(backend, threads):
-    """Makes the backend (and PyTorch, for the plain reference) run ops on `threads` threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def choose_device(device):
-    """Hides the GPUs for `--device cpu`; call before any framework is imported."""
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
-
-def device_name(backend):
-    """Returns the device the tables run on, in words: the GPU's name, or the CPU's."""
-    name = None
-    if backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            name = f"GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            details = tf.config.experimental.get_device_details(gpus[0])
-            name = f"GPU {details.get('device_name', gpus[0].name)}"
-    else:
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        if gpus:
-            name = f"GPU {gpus[0].device_kind}"
-    return name or f"CPU {cpu_name()} (no GPU found)"
+PLAIN_NO_BN, PLAIN_BN = "plain PyTorch, no BN", "plain PyTorch, nn.BatchNorm2d"
 
 
 def synchronize():
@@ -100,25 +44,86 @@ def torch_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def summary(samples):
+    """Returns the median of `samples`, its quartiles, range and `spread`: half the IQR over the median."""
+    ordered = sorted(samples)
+    median = statistics.median(ordered)
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else ordered * 3
+    return {"median": median, "q1": q1, "q3": q3, "min": ordered[0], "max": ordered[-1], "n": len(ordered),
+            "spread": (q3 - q1) / (2 * abs(median)) if median else 0.0}
+
+
 def describe(samples, unit):
-    """Formats the median and the range of `samples`."""
-    return (
-        f"median {statistics.median(samples):.3f} {unit} "
-        f"(min {min(samples):.3f}, max {max(samples):.3f}, n={len(samples)})"
-    )
+    """Formats the median of `samples` with its spread, interquartile range and range."""
+    s = summary(samples)
+    return (f"median {s['median']:.3f} {unit} ±{s['spread']:.1%} (IQR {s['q1']:.3f}..{s['q3']:.3f}, "
+            f"range {s['min']:.3f}..{s['max']:.3f}, n={s['n']})")
 
 
-def alternate(runners, repeats, block):
-    """Runs each `runners[name]()` `block` times per round, alternating, and returns ms per call."""
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
+def alternate(runners, repeats, block, warmup=1):
+    """Runs each `runners[name]()` `block` times per round, in turn, and returns ms per call, round by round.
+
+    The `warmup` rounds first are not timed. Round r starts with the r-th runner,
+    so that none always runs right after the same other one; `times[name][r]` of
+    two runners are always from the same round, taken seconds apart, which is what
+    `Figure.ratio` divides.
+    """
+    names = list(runners)
+    times = {name: [] for name in names}
+    for round_ in range(warmup + repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             started = time.perf_counter()
             for _ in range(block):
-                run()
+                runners[name]()
             synchronize()
-            times[name].append((time.perf_counter() - started) / block * 1000)
+            if round_ >= warmup:
+                times[name].append((time.perf_counter() - started) / block * 1000)
     return times
+
+
+class Figure:
+    """One figure's samples per row, its ratios per round, and notes: printed, and recorded as JSON."""
+
+    def __init__(self, name, unit):
+        self.name, self.unit = name, unit
+        self.rows, self.ratios, self.notes = {}, {}, []
+
+    def add(self, row, samples):
+        """Records the samples of `row`, one a round."""
+        self.rows[row] = list(samples)
+
+    def ratio(self, label, numerator, denominator):
+        """Records the ratio of two rows round by round, if both were measured.
+
+        The median of per-round ratios is steadier than the ratio of medians: a
+        machine that slows down for a while slows both sides of a round alike.
+        """
+        if numerator in self.rows and denominator in self.rows:
+            self.ratios[label] = [a / b for a, b in zip(self.rows[numerator], self.rows[denominator])]
+
+    def note(self, text):
+        """Records a line of text that belongs with the figure."""
+        self.notes.append(text)
+
+    def report(self):
+        """Prints the rows, the ratios and the notes; returns the figure."""
+        for row, samples in self.rows.items():
+            print(f"{self.name:11s} {row:38s}: {describe(samples, self.unit)}")
+        for label, ratios in self.ratios.items():
+            s = summary(ratios)
+            print(f"{self.name:11s} ratio {label}: {s['median']:.3f} ±{s['spread']:.1%} "
+                  f"(IQR {s['q1']:.3f}..{s['q3']:.3f}, per round)")
+        for text in self.notes:
+            print(f"{self.name:11s} {text}")
+        return self
+
+    def record(self):
+        """Returns the figure as plain data: each row's and ratio's summary and samples."""
+        def table(series):
+            return {name: {**summary(samples), "samples": samples} for name, samples in series.items()}
+
+        return {"name": self.name, "unit": self.unit, "rows": table(self.rows),
+                "ratios": table(self.ratios), "notes": self.notes}
 
 
 def _mnist():

@@ -1,17 +1,19 @@
 """`bench.py`'s figures of batch norm alone: `bn` (the network's 20 shapes, forward and backward) and `ghost`."""
 
-import statistics
-
 from _common import (
     AUTODIFF,
     BATCH,
     CLOSED_FORM,
+    KERAS,
     NATIVE,
+    Figure,
     _hand_written,
     alternate,
-    describe,
     torch_device,
 )
+
+#: The bn figure's baseline rows: the backend's kernel, or on JAX the formula in plain jax.numpy.
+KERNEL, PLAIN_JAX = "native kernel", "plain jax.numpy (no kernel)"
 
 
 def _bn_shapes():
@@ -185,7 +187,7 @@ def _jax_fwd_bwd(data):
     xs = [jnp.asarray(x) for x, _ in data]
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     fusions = grad.lower(params, xs).compile().as_text().count("fusion(")
-    print(f"bn          plain jax.numpy: {fusions} fusions in the compiled forward and backward")
+    print(f"bn          {PLAIN_JAX}: {fusions} fusions in the compiled forward and backward")
     jax.block_until_ready(grad(params, xs))
     return lambda: jax.block_until_ready(grad(params, xs))
 
@@ -202,7 +204,7 @@ def bench_bn(repeats, block=10):
         return conv_axis if rank == 4 else -1
 
     runners = {
-        "Keras BatchNormalization": _layers_fwd_bwd(
+        KERAS: _layers_fwd_bwd(
             lambda r: keras.layers.BatchNormalization(axis=axis_for(r)), shapes, True),
         NATIVE: _layers_fwd_bwd(lambda r: ManualBatchNorm(axis=axis_for(r)), shapes, None),
         CLOSED_FORM: _layers_fwd_bwd(
@@ -211,17 +213,17 @@ def bench_bn(repeats, block=10):
             lambda r: ManualBatchNorm(axis=axis_for(r), fused=False), shapes, False),
     }
     native = _native_fwd_bwd(shapes, conv_axis % 4)
+    kernel = KERNEL if keras.backend.backend() != "jax" else PLAIN_JAX
     if native is not None:
-        runners["native kernel" if keras.backend.backend() != "jax" else "plain jax.numpy (no kernel)"] = native
-    times = alternate(runners, repeats, block)
-    medians = {name: statistics.median(samples) for name, samples in times.items()}
-    print(f"bn          20 shapes, {shapes[0]} .. {shapes[-1]}")
-    for name, samples in times.items():
-        print(f"bn          {name:38s}: {describe(samples, 'ms')}")
+        runners[kernel] = native
+    figure = Figure("bn", "ms")
+    figure.note(f"20 shapes, {shapes[0]} .. {shapes[-1]}")
+    for name, samples in alternate(runners, repeats, block).items():
+        figure.add(name, samples)
     for name in (NATIVE, CLOSED_FORM, AUTODIFF):
-        for base in ("native kernel", "plain jax.numpy (no kernel)", "Keras BatchNormalization"):
-            if base in medians:
-                print(f"bn          ratio {name} / {base}: {medians[name] / medians[base]:.3f}")
+        figure.ratio(f"{name} / {kernel}", name, kernel)
+        figure.ratio(f"{name} / Keras", name, KERAS)
+    return figure.report()
 
 
 def bench_ghost(repeats, block=10):
@@ -235,11 +237,11 @@ def bench_ghost(repeats, block=10):
 
     runners = {name: _layers_fwd_bwd(make(fused), shapes, True)
                for name, fused in ((NATIVE, None), (CLOSED_FORM, False))}
-    times = alternate(runners, repeats, block)
-    for name, samples in times.items():
-        print(f"ghost       {name:38s}: {describe(samples, 'ms')}")
-    ratio = statistics.median(times[NATIVE]) / statistics.median(times[CLOSED_FORM])
-    print(f"ghost       ratio fused=None / fused=False : {ratio:.3f}")
+    figure = Figure("ghost", "ms")
+    for name, samples in alternate(runners, repeats, block).items():
+        figure.add(name, samples)
+    figure.ratio("fused=None / fused=False", NATIVE, CLOSED_FORM)
+    return figure.report()
 
 
 def bench_shapes(repeats, block=5):
@@ -247,17 +249,19 @@ def bench_shapes(repeats, block=5):
 
     Per shape, forward and backward of 20 layers of that shape in one compiled call,
     alternately: `fused=True`, and `fused=False` with the backend's default backward
-    and with the closed form. Where the kernel's fixed cost per call outweighs its single
-    pass (`_layer.paths.CPU_MIN_SAMPLE_VALUES` on TensorFlow), and which path `fused=None` takes.
+    and with the closed form, in µs per layer. Where the kernel's fixed cost per call
+    outweighs its single pass (`_layer.paths.CPU_MIN_SAMPLE_VALUES` on TensorFlow),
+    and which path `fused=None` takes.
     """
     import keras
 
     from keras_bn import ManualBatchNorm
     from keras_bn._layer.paths import NATIVE_BACKENDS, kernel_applies
 
+    figure = Figure("shapes", "µs")
     if keras.backend.backend() not in NATIVE_BACKENDS:
-        print("shapes      no kernel on this backend")
-        return
+        figure.note("no kernel on this backend")
+        return figure.report()
     shapes, conv_axis = _bn_shapes()
     copies = 20  # layers of one shape per compiled call, so that the call's own cost is shared
     paths = {"kernel": (True, True), "hand-written, default backward": (False, None), "closed form": (False, True)}
@@ -266,11 +270,12 @@ def bench_shapes(repeats, block=5):
         runners = {name: _layers_fwd_bwd(lambda r, f=fused: ManualBatchNorm(axis=axis, fused=f),
                                          [shape] * copies, hand)
                    for name, (fused, hand) in paths.items()}
-        times = alternate(runners, repeats, block)
-        micros = {name: statistics.median(samples) * 1000 / copies for name, samples in times.items()}
+        for name, samples in alternate(runners, repeats, block).items():
+            figure.add(f"{shape} {name}", [ms * 1000 / copies for ms in samples])
+        figure.ratio(f"{shape} kernel / closed form", f"{shape} kernel", f"{shape} closed form")
         probe = ManualBatchNorm(axis=axis)
         probe.build(shape)
         takes = "kernel" if kernel_applies(
             probe._bn_spec, keras.KerasTensor(shape), training=True, mask=None, all_reduce=None) else "hand-written path"
-        print(f"shapes      {str(shape):18s} " + ", ".join(f"{name} {t:6.1f} µs" for name, t in micros.items())
-              + f"; fused=None takes the {takes}")
+        figure.note(f"{shape}: fused=None takes the {takes}")
+    return figure.report()

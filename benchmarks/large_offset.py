@@ -18,15 +18,24 @@ relative errors against `numpy.var` of the same float32 input in float64:
 - the batch variance the layer normalized with, read back from its output: with
   `gamma` 1 and `beta` 0 the output is `(x - mean) / sqrt(var + epsilon)`, so
   `var = numpy.var(x) / numpy.var(output) - epsilon`, both in float64;
-- the moving variance after the step.
+- the moving variance after the step;
+- the output: its largest difference from `(x - mean) / sqrt(var + epsilon)` in
+  float64, over the finite outputs (the output has unit spread, so this is relative
+  to it too).
+
+What is left of the two-pass variance's error is the square of the mean's float32
+rounding (a mean off by d gives `var + d**2`): the script prints how far the moving
+mean is off, to show it.
 
 A layer that cannot take a path (`fused=True` on JAX, which has no kernel) shows
 "refused". A script, not a test: it asserts nothing.
 """
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +68,7 @@ def _errors(name, x):
 
     A dict: `batch` and `moving`, the largest relative errors over the channels
     (`batch` over the channels whose output is finite, None if none is);
+    `output`, the largest error of a finite output; `mean`, of the moving mean;
     `nan_channels`, the channels whose output is not finite (a negative variance
     under the square root); `negative_moving`, the channels whose moving variance
     came out negative. Or `{"refused": message}` where the layer refuses the path.
@@ -76,10 +86,15 @@ def _errors(name, x):
     finite = np.isfinite(y).all(axis=axes)
     used = truth / np.var(y, axis=axes) - EPSILON
     moving = keras.ops.convert_to_numpy(layer.moving_variance).astype("float64")
+    mean = keras.ops.convert_to_numpy(layer.moving_mean).astype("float64")
     batch = np.abs(used - truth)[finite] / truth[finite]
+    exact = (x.astype("float64") - x.astype("float64").mean(axis=axes)) / np.sqrt(truth + EPSILON)
+    output = np.abs(y - exact)[np.isfinite(y)]
     return {
         "batch": float(batch.max()) if batch.size else None,
         "moving": float(np.max(np.abs(moving - truth) / truth)),
+        "output": float(output.max()) if output.size else None,
+        "mean": float(np.max(np.abs(mean - x.astype("float64").mean(axis=axes)))),
         "nan_channels": int((~finite).sum()),
         "negative_moving": int((moving < 0).sum()),
         "channels": int(truth.size),
@@ -91,8 +106,10 @@ def measure():
     import keras
     import numpy as np
 
+    backend = keras.backend.backend()
     x = np.random.default_rng(0).normal(OFFSET, SPREAD, size=SHAPE).astype("float32")
-    return {"backend": keras.backend.backend(), "errors": {name: _errors(name, x) for name in LAYERS}}
+    return {"backend": backend, "version": __import__(backend).__version__, "keras": keras.__version__,
+            "errors": {name: _errors(name, x) for name in LAYERS}}
 
 
 def _cell(errors):
@@ -101,7 +118,8 @@ def _cell(errors):
         return "refused"
     batch = "none finite" if errors["batch"] is None else f"{errors['batch']:.1e}"
     return (f"batch {batch} ({errors['nan_channels']} of {errors['channels']} channels NaN), "
-            f"moving {errors['moving']:.1e} ({errors['negative_moving']} negative)")
+            f"moving {errors['moving']:.1e} ({errors['negative_moving']} negative), "
+            f"output {errors['output']:.1e}, moving mean off by {errors['mean']:.1e}")
 
 
 def _child(backend):
@@ -133,7 +151,11 @@ def main():
         for name, errors in result["errors"].items():
             print(f"large_offset  {result['backend']:10s} {name:24s}: {_cell(errors)}")
     if args.json:
-        args.json.write_text(json.dumps({"figure": "large-offset", "results": results}, indent=1))
+        from _machine import cpu_name
+
+        machine = {"cpu": cpu_name(), "python": platform.python_version(), "keras": results[0]["keras"],
+                   "date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv])}
+        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
