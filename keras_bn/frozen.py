@@ -84,10 +84,12 @@ class FrozenBatchNorm(keras.layers.Layer):
         if any(d is None for d in shape):
             raise ValueError(f"The channel axis {self.axis!r} of the input must have a known size. "
                              f"Received: input_shape={input_shape}")
-        affine = {"shape": shape, "trainable": self.trainable_affine}
+        # autocast=False, as Keras's layer makes its weights: under mixed precision they
+        # stay float32 in the call, where a float16 copy would round the statistics.
+        affine = {"shape": shape, "trainable": self.trainable_affine, "autocast": False}
         self.gamma = self.add_weight(name="gamma", initializer="ones", **affine) if self.scale else None
         self.beta = self.add_weight(name="beta", initializer="zeros", **affine) if self.center else None
-        stats = {"shape": shape, "trainable": False}
+        stats = {"shape": shape, "trainable": False, "autocast": False}
         self.moving_mean = self.add_weight(name="moving_mean", initializer="zeros", **stats)
         self.moving_variance = self.add_weight(name="moving_variance", initializer="ones", **stats)
 
@@ -97,7 +99,8 @@ class FrozenBatchNorm(keras.layers.Layer):
         shape = [inputs.shape[a] if a in axes else 1 for a in range(rank)]
         shape[0] = 1
         # float16 inputs are normalized in float32, as Keras's layer does.
-        compute = "float32" if inputs.dtype in ("float16", "bfloat16") else inputs.dtype
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        compute = "float32" if dtype in ("float16", "bfloat16") else dtype
         x = keras.ops.cast(inputs, compute)
 
         def channel(weight):
@@ -109,7 +112,7 @@ class FrozenBatchNorm(keras.layers.Layer):
         y = (x - channel(self.moving_mean)) * scale
         if self.beta is not None:
             y = y + channel(self.beta)
-        return keras.ops.cast(y, inputs.dtype)
+        return keras.ops.cast(y, dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

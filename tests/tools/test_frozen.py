@@ -233,3 +233,16 @@ def test_mixed_precision_keeps_float32_statistics_and_float16_outputs():
     assert bn.moving_variance.dtype == "float32" and bn.compute_dtype == "float16"
     assert keras.backend.standardize_dtype(frozen(x).dtype) == "float16"
     np.testing.assert_allclose(to_numpy(frozen(x)), to_numpy(model(x)), rtol=1e-2, atol=1e-2)
+
+
+def test_mixed_precision_normalizes_in_float32_as_keras_layer_does():
+    """Statistics a float16 copy would round (2999 is 3000 in float16): Keras's numbers."""
+    x = np.full((2, 3), 3000.0, "float16")
+    outputs = {}
+    for cls in (keras.layers.BatchNormalization, FrozenBatchNorm):
+        layer = cls(dtype="mixed_float16")
+        layer.build((2, 3))
+        layer.moving_mean.assign(np.full(3, 2999.0, "float32"))
+        outputs[cls.__name__] = to_numpy(layer(keras.ops.convert_to_tensor(x, "float16"))).astype("float64")
+    np.testing.assert_allclose(outputs["BatchNormalization"], 1 / np.sqrt(1 + 1e-3), rtol=1e-3)
+    np.testing.assert_allclose(outputs["FrozenBatchNorm"], outputs["BatchNormalization"], rtol=1e-3)
