@@ -12,7 +12,8 @@ from keras_bn.experiment.checkpoint import CheckpointError, CheckpointMismatchEr
 from keras_bn.experiment.config import DESCRIPTIONS, VARIANTS, ExperimentError, RunConfig
 from keras_bn.experiment.interrupt import StopOnSignal, TrainingInterrupted
 from keras_bn.experiment.lock import RunFolderBusy, RunLock
-from keras_bn.experiment.results import format_summary, plot_curves, seed_statistics
+from keras_bn.experiment.figures import plot_curves
+from keras_bn.experiment.results import format_summary, seed_statistics
 from keras_bn.experiment.run import Run
 from keras_bn.experiment.runner import run_experiment
 

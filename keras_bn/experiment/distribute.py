@@ -13,8 +13,8 @@ import os
 import keras
 
 from keras_bn.batch_norm import ManualBatchNorm
-from keras_bn.notebook.logger import NotebookLogger
 from keras_bn.experiment.config import ExperimentError
+from keras_bn.experiment.logger import RunLogger
 
 __all__ = ["check_batch_size", "is_chief", "logger_class", "norm_layer", "strategy",
            "strategy_scope"]
@@ -129,7 +129,7 @@ def norm_layer(variant, strategy):
 
 
 class _ReplicaSafeModel:
-    """Stands in for a model trained under a strategy while `NotebookLogger` scores it.
+    """Stands in for a model trained under a strategy while `RunLogger` scores it.
 
     Keras's `predict_on_batch` under a strategy runs the whole batch on every
     replica and concatenates the copies; this calls the model once instead.
@@ -146,8 +146,8 @@ class _ReplicaSafeModel:
         return getattr(self._model, name)
 
 
-class _DistributedLogger(NotebookLogger):
-    """`NotebookLogger` for a model under a strategy (see `_ReplicaSafeModel`)."""
+class _DistributedLogger(RunLogger):
+    """`RunLogger` for a model under a strategy (see `_ReplicaSafeModel`)."""
 
     def set_model(self, model):
         """Scores `model` through `_ReplicaSafeModel`."""
@@ -155,5 +155,5 @@ class _DistributedLogger(NotebookLogger):
 
 
 def logger_class(strategy):
-    """Returns the `NotebookLogger` class that scores a model trained under `strategy`."""
-    return NotebookLogger if strategy is None else _DistributedLogger
+    """Returns the `RunLogger` class that scores a model trained under `strategy`."""
+    return RunLogger if strategy is None else _DistributedLogger

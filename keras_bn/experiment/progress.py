@@ -46,7 +46,9 @@ class RunProgress(keras.callbacks.Callback):
         stream: Where to write. Defaults to `None`: `sys.stderr`.
         done: Batches done before this `fit` (a resumed run). Defaults to `0`.
         logger: A `keras_bn.NotebookLogger` whose last validation accuracy is
-            shown, or `None`. Defaults to `None`.
+            shown, or `None`. With a `RunLogger` (placed before this callback)
+            the bar ends on the run's final validation accuracy, the one
+            printed after it. Defaults to `None`.
         plain_updates: Lines per run off a terminal. Defaults to `4`.
         min_interval: Least seconds between two redraws. Defaults to `0.1`.
 
@@ -85,8 +87,18 @@ class RunProgress(keras.callbacks.Callback):
         return not self._progress.disable
 
     def _accuracy(self):
-        """The last validation accuracy as text, `""` before there is one."""
-        entry = self.logger.last("validation") if self.logger is not None else None
+        """The last validation accuracy as text, `""` before there is one.
+
+        After a run's last batch it is the final one: a `RunLogger` scores the
+        validation set there (`last_batch_scores`), before this bar's last
+        update.
+        """
+        if self.logger is None:
+            return ""
+        scores = getattr(self.logger, "last_batch_scores", None)
+        if scores is not None:
+            return f"val acc {scores[1]:.4f}"
+        entry = self.logger.last("validation")
         return "" if entry is None else f"val acc {entry['accuracy']:.4f}"
 
     def text(self):

@@ -1,4 +1,4 @@
-"""The experiment's results: statistics over seeds, the summary table, the curves, the files."""
+"""The experiment's results: statistics over seeds, the summary table, the files."""
 
 import json
 import os
@@ -6,9 +6,9 @@ import os
 import numpy as np
 
 from keras_bn.experiment.checkpoint import atomic_write
-from keras_bn.experiment.config import DESCRIPTIONS
+from keras_bn.experiment.figures import plot_activations, plot_curves, plot_gradients
 
-__all__ = ["format_summary", "plot_curves", "seed_statistics", "write_results"]
+__all__ = ["format_summary", "seed_statistics", "short_run_note", "write_results"]
 
 #: The per-run numbers `seed_statistics` summarizes.
 STATISTICS = ("final_test_accuracy", "final_validation_accuracy", "accuracy_on_100_samples",
@@ -59,6 +59,38 @@ def seed_statistics(runs):
                **{key: _spread(run.get(key) for run in by_seed.values()) for key in keys(by_seed)}}
         for name, by_seed in runs.items()
     }
+
+
+#: The batches after which, in the tutorial's runs, the network with batch norm scores well
+#: above chance in inference mode: validation accuracy 0.13-0.30 at batch 200, 0.42-0.74 at
+#: batch 300, and a final test accuracy of 0.75-0.96 after 800 (docs/tutorial.md). Without
+#: batch norm it stays at chance at any length.
+LEARNS_BY = 300
+#: The tutorial's account of a run: when the network learns, and what 800 batches give.
+TUTORIAL = "https://keras-bn.github.io/keras-bn/tutorial/#the-run"
+
+
+def short_run_note(config):
+    """Returns one line saying that `config` trains too few batches to learn, or `None`.
+
+    Only a run with a batch-norm variant and fewer than `LEARNS_BY` batches
+    gets it: without batch norm more batches would not help.
+
+    Example:
+
+    >>> short_run_note({"variants": ["none"], "batches": 50}) is None
+    True
+    >>> short_run_note({"variants": ["manual"], "batches": 50})[:51]
+    'Note: 50 batches are too few to see this network le'
+    """
+    if config["batches"] >= LEARNS_BY or set(config["variants"]) <= {"none"}:
+        return None
+    without = ("; without it, it stays at chance however long it trains"
+               if "none" in config["variants"] else "")
+    return (f"Note: {config['batches']} batches are too few to see this network learn: with "
+            "batch norm it stays near chance for about 200 batches, then climbs (validation "
+            f"accuracy 0.42-0.74 after 300, 0.75-0.96 after 800, the default){without}; "
+            f"see {TUTORIAL}")
 
 
 def _table(rows):
@@ -112,99 +144,19 @@ def format_summary(results):
     return _table(rows)
 
 
-def _validation_curve(history, events=("validation", "final_validation")):
-    """Returns `{batch: (loss, accuracy)}` of the validation entries, the final one included.
-
-    `events` names the entries: the notebook's, or `("recalibrated_validation",
-    "final_recalibrated_validation")` for the recalibrated scores.
-    """
-    points = {}
-    for entry in history:
-        if entry["event"] == events[0]:
-            points[entry["batch"]] = (entry["loss"], entry["accuracy"])
-        elif entry["event"] == events[1] and entry["batch"] is not None:
-            points.setdefault(entry["batch"], (entry["loss"], entry["accuracy"]))
-    return points
-
-
-def plot_curves(results, path):
-    """Draws validation accuracy and loss against batch, one line per variant, to `path` (PNG).
-
-    With several seeds each line is the mean over the seeds and a shaded band
-    spans their minimum to maximum. Runs with recalibrated scores
-    (`RunConfig.recalibrate`) get a second, dashed line of the same colour. Uses Matplotlib's Agg canvas, so it needs
-    no display and leaves `pyplot` alone; the file is written atomically.
-
-    Args:
-        results: The dict `run_experiment` returns.
-        path: Where to write the image.
-
-    Returns:
-        `path`.
-
-    Raises:
-        ImportError: if Matplotlib is not installed (`pip install keras-bn[plot]`).
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError("plot_curves needs Matplotlib: pip install 'keras-bn[plot]'") from error
-    config = results["config"]
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    recalibrate = config.get("recalibrate")
-    for name, by_seed in results["runs"].items():
-        colors = [None, None]
-        for events in (("validation", "final_validation"),
-                       ("recalibrated_validation", "final_recalibrated_validation")):
-            curves = [_validation_curve(run["history"], events) for run in by_seed.values()]
-            xs = sorted(set.intersection(*(set(curve) for curve in curves)))
-            if not xs:  # no recalibrated scores: no batch norm, or none asked for
-                continue
-            values = np.array([[curve[x] for x in xs] for curve in curves], dtype=np.float64)
-            recalibrated = events[0] != "validation"
-            label = (f"{name}, recalibrated on {recalibrate} batches" if recalibrated
-                     else f"{name} ({DESCRIPTIONS[name]})")
-            for k, (ax, column) in enumerate(zip(axes, (1, 0))):  # accuracy, then loss
-                per_seed = values[:, :, column]
-                (line,) = ax.plot(xs, per_seed.mean(axis=0), marker="o", markersize=3,
-                                  label=label, color=colors[k],
-                                  linestyle="--" if recalibrated else "-")
-                colors[k] = line.get_color()
-                if len(curves) > 1:
-                    ax.fill_between(xs, per_seed.min(axis=0), per_seed.max(axis=0),
-                                    color=line.get_color(), alpha=0.2 if not recalibrated
-                                    else 0.1, linewidth=0)
-    axes[0].set(xlabel="batch", ylabel="validation accuracy", title="Validation accuracy",
-                ylim=(0, 1))
-    axes[1].set(xlabel="batch", ylabel="validation loss (mean sigmoid cross-entropy)",
-                title="Validation loss")
-    seeds = config["seeds"]
-    spread = f"lines: mean of {len(seeds)} seeds; bands: min–max" if len(seeds) > 1 else None
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", title=spread, title_fontsize="small")
-    seed_text = ("seed " if len(seeds) == 1 else "seeds ") + ",".join(map(str, seeds))
-    fig.suptitle("Deep MNIST CNN (19 conv layers): batch normalization vs none — "
-                 f"batch size {config['batch_size']}, lr {config['learning_rate']}, {seed_text}")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    return path
-
-
-def write_results(results, folder):
+def write_results(results, folder, *, figures=True):
     """Writes `results.json` and `curves.png` to `folder`; returns their paths.
 
     With `plot_activations`, `activations.png` and `gradients.png` too
-    (`keras_bn.experiment.figures`), their paths after the first two.
+    (`keras_bn.experiment.figures`), their paths after the first two. With
+    `figures=False` (no Matplotlib), `results.json` alone.
     """
     path = os.path.join(folder, "results.json")
     atomic_write(path, lambda f: json.dump(results, f, indent=2), binary=False)
+    if not figures:
+        return (path,)
     paths = (path, plot_curves(results, os.path.join(folder, "curves.png")))
     if results["config"].get("plot_activations"):
-        from keras_bn.experiment.figures import plot_activations, plot_gradients
-
         paths += (plot_activations(results, os.path.join(folder, "activations.png")),
                   plot_gradients(results, os.path.join(folder, "gradients.png")))
     return paths

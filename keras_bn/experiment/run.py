@@ -49,7 +49,7 @@ class Run:
     Made before anything trains, it reads its checkpoint (when `folder` has
     one) and refuses one of another configuration. `train()` then builds the
     model, resumes it from the checkpoint, trains it with `fit_batches` while
-    `NotebookLogger` logs, saves it, and returns its result (at once, when the
+    `RunLogger` logs, saves it, and returns its result (at once, when the
     checkpoint says the run finished).
 
     Args:
@@ -123,7 +123,7 @@ class Run:
         self.logger = distribute.logger_class(strategy)(
             feeder, self.data.validation, self.data.test, validate_every=config.validate_every,
             check_every=config.check_every, num_samples=config.num_samples,
-            print_fn=self.print_fn,
+            print_fn=self.print_fn, last_batch=config.batches - 1,
         )
         callbacks = [self.logger]
         if config.recalibrate is not None:

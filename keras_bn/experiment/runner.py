@@ -12,7 +12,9 @@ from keras_bn.experiment.checkpoint import remove_partial_writes
 from keras_bn.experiment.config import DESCRIPTIONS, ExperimentError, RunConfig
 from keras_bn.experiment.interrupt import STOP_SIGNALS, StopOnSignal, TrainingInterrupted
 from keras_bn.experiment.lock import RunLock
-from keras_bn.experiment.results import format_summary, seed_statistics, write_results
+from keras_bn.experiment.figures import INSTALL, matplotlib_missing
+from keras_bn.experiment.results import (format_summary, seed_statistics, short_run_note,
+                                         write_results)
 from keras_bn.experiment.run import Run, prepare_data
 
 __all__ = ["make_config", "run_experiment", "run_folder"]
@@ -75,18 +77,23 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, wa
 
     For each seed, and each variant in order, a `Run` sets the seed, builds
     `deep_mnist_model(bn=variant)`, compiles it like the notebook and trains
-    it on a `BatchFeeder` with that seed's batch order while `NotebookLogger`
-    prints the notebook's log. It trains with `fit_batches`: on TensorFlow
+    it on a `BatchFeeder` with that seed's batch order while `RunLogger`
+    prints the notebook's log (and scores the validation set after the last
+    batch, the final validation). It trains with `fit_batches`: on TensorFlow
     each step is Keras's own `train_step` in a `tf.function` that gathers its
     batch by index (under `distribute="multiworker"`, run on each replica's
     share with `strategy.run`); on JAX and PyTorch, and under
     `distribute="mirrored"`, it is `model.fit`. Then the summary table is
     printed (with several seeds: the mean, standard deviation, min and max of
-    each variant's final test accuracy).
+    each variant's final test accuracy), and under it, for a run with batch
+    norm of fewer than `LEARNS_BY` (300) batches, one line saying that it is
+    too short for the network to learn (`short_run_note`).
 
     With `out_dir`, everything goes to the run folder `out_dir/<config.name>`
     (named by the settings, so other settings get another folder):
-    `results.json`, `curves.png`, and a checkpoint per variant and seed in
+    `results.json`, `curves.png` (where Matplotlib is installed: without it,
+    a line says so before anything trains, and the run writes the rest), and
+    a checkpoint per variant and seed in
     `checkpoints/`, written atomically every `checkpoint_every` batches and
     when the run ends. The same call again resumes unfinished runs where they
     stopped, with the numbers of an uninterrupted run, and does not train
@@ -114,7 +121,8 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, wa
             `RunFolderBusy`. Defaults to `False`.
         progress: `True` for a progress bar per run on standard error, a text
             stream to write it to, or `False`. Defaults to `True`.
-        quiet: Print only the summary: no log, no progress. Defaults to `False`.
+        quiet: Print only the summary and the notes (no Matplotlib, a run too
+            short to learn): no log, no progress. Defaults to `False`.
         print_fn: Receives every line printed. Defaults to `print`.
         **settings: `RunConfig` fields (`batches=300`, `seeds=[0, 1]`, ...);
             `seed=N` means `seeds=(N,)`.
@@ -147,6 +155,11 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, wa
     if multiworker:
         distribute.check_batch_size(distribute.strategy(config.distribute), config.batch_size)
     folder = None if out_dir is None or not chief else run_folder(out_dir, config)
+    # Found before anything trains, and said then: the run goes on without its figures.
+    missing = None if folder is None else matplotlib_missing()
+    if missing is not None:
+        print_fn(f"Note: Matplotlib cannot be imported ({missing}), so this run writes "
+                 f"results.json but no figures; {INSTALL} to have them.")
     if data is None:
         from keras_bn.notebook.mnist import load_mnist
 
@@ -162,13 +175,21 @@ def run_experiment(config=None, /, *, data=None, data_dir=None, out_dir=None, wa
                     for seed in config.seeds for variant in config.variants]
             results = _train(runs, config, data, log)
             print_fn(format_summary(results))
+            note = short_run_note(results["config"])
+            if note is not None:
+                print_fn(note)
             if folder is not None:  # A stop meanwhile waits for complete files.
-                paths = write_results(results, folder)
-                print_fn(f"Wrote {', '.join(paths[:-1])} and {paths[-1]}")
+                paths = write_results(results, folder, figures=missing is None)
+                print_fn(f"Wrote {_listed(paths)}")
             if stop.requested:
                 raise TrainingInterrupted(stop.signal_number, run=runs[-1].label,
                                           checkpoint=runs[-1].path)
     return results
+
+
+def _listed(paths):
+    """Returns `a`, `a and b`, or `a, b and c`."""
+    return " and ".join([", ".join(paths[:-1]), paths[-1]] if len(paths) > 1 else paths)
 
 
 @contextlib.contextmanager

@@ -195,13 +195,14 @@ print(json.dumps([status, sorted(imported & {"keras", "tensorflow", "jax", "torc
 """
 
 
-def _run_entry_point(argv, tmp_path):
+def _run_entry_point(argv, tmp_path, **environ):
     """Runs the `keras-bn` console script's target on `argv` in a fresh process.
 
     Returns `(status, heavy, whole, stdout, stderr)`: the exit status, Keras and the
     backends among the modules imported, and whether `keras_bn` was imported whole.
+    `environ` is added to the process's environment.
     """
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", **environ}
     proc = subprocess.run([sys.executable, "-c", _RUN_ENTRY_POINT, *map(str, argv)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -244,3 +245,103 @@ def test_the_commands_keras_import_leaves_pyplot_out_and_importable(tmp_path):
                           env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False", "importable"]
+
+
+#: The first run of a newcomer, made tiny: one variant with batch norm, far fewer batches
+#: than the network needs, the default validation cadence (every 100 batches).
+_SHORT_RUN = ["--variants", "manual", "--batches", "3", "--batch-size", "4", "--out", "out"]
+
+#: A `sitecustomize` that makes Matplotlib look uninstalled: importing it raises the
+#: `ModuleNotFoundError` Python raises for a package that is not there.
+_NO_MATPLOTLIB = '''
+import sys
+
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoMatplotlib())
+'''
+
+
+def _short_run(tmp_path, **environ):
+    """Runs `keras-bn` on `_SHORT_RUN` in a fresh process, on a fake MNIST.
+
+    Returns `(status, stdout, stderr, run folder)`.
+    """
+    data = write_fake_mnist_npz(tmp_path)
+    status, _, _, out, err = _run_entry_point([*_SHORT_RUN, "--data-dir", data], tmp_path,
+                                              **environ)
+    (folder,) = (tmp_path / "out").iterdir()
+    return status, out, err, folder
+
+
+def test_a_short_first_run_ends_on_its_final_numbers_and_says_it_is_short(tmp_path):
+    from PIL import Image
+
+    from keras_bn.experiment.figures import validation_curves
+
+    status, out, err, folder = _short_run(tmp_path)
+    assert status == 0
+    lines = out.splitlines()
+    (final,) = [line for line in lines if line.startswith("Final validation accuracy: ")]
+    final = float(final.split(": ")[1])
+    # The progress bar (plain lines off a terminal) ends on that same number.
+    bar = [line for line in err.splitlines() if line.startswith("manual, seed 0 ")]
+    assert bar[-1].startswith("manual, seed 0 3/3  ")
+    assert bar[-1].endswith(f"val acc {final:.4f}")
+    # One line says that 3 batches are too few, with the tutorial's account.
+    notes = [line for line in lines if line.startswith("Note: ")]
+    assert notes == [
+        "Note: 3 batches are too few to see this network learn: with batch norm it stays near "
+        "chance for about 200 batches, then climbs (validation accuracy 0.42-0.74 after 300, "
+        "0.75-0.96 after 800, the default); see "
+        "https://keras-bn.github.io/keras-bn/tutorial/#the-run"]
+    # The figure: the validation at batch 0 and the final one at the last batch, 2,
+    # drawn from these results; its title names the one variant that ran.
+    results = json.loads((folder / "results.json").read_text())
+    run = results["runs"]["manual"]["0"]
+    assert [e["batch"] for e in run["history"] if e["event"] == "final_validation"] == [2]
+    assert run["final_validation_accuracy"] == final
+    ((key, (batches, scores)),) = validation_curves(results).items()
+    assert key == ("manual", False) and batches == [0, 2]
+    assert scores[0, -1, 1] == final
+    assert Image.open(folder / "curves.png").text["Title"] == (
+        "Deep MNIST CNN (19 conv layers): manual — 3 batches of 4, lr 0.002, seed 0")
+
+
+def test_without_matplotlib_a_run_says_so_before_training_and_writes_its_results(tmp_path):
+    blocker = tmp_path / "no_matplotlib"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(_NO_MATPLOTLIB)
+    status, out, err, folder = _short_run(tmp_path, PYTHONPATH=str(blocker))
+    assert status == 0, err[-3000:]
+    lines = out.splitlines()
+    assert lines[0] == (
+        "Note: Matplotlib cannot be imported (No module named 'matplotlib'), so this run "
+        "writes results.json but no figures; pip install 'keras-bn[plot]' to have them.")
+    assert lines[1] == "=== manual: keras_bn.ManualBatchNorm ==="  # Then it trains.
+    assert lines[-1] == f"Wrote {Path('out') / folder.name / 'results.json'}"
+    assert sorted(os.listdir(folder)) == ["checkpoints", "results.json", "run.lock"]
+    assert "Traceback" not in err
+    results = json.loads((folder / "results.json").read_text())
+    assert results["runs"]["manual"]["0"]["final_test_accuracy"] is not None
+
+
+@pytest.mark.parametrize("variants, batches, noted", [
+    (["manual"], 299, True), (["manual"], 300, False), (["none", "keras"], 50, True),
+    (["none"], 50, False),  # Without batch norm more batches would not help.
+])
+def test_the_short_run_note_is_for_runs_with_batch_norm_below_300_batches(variants, batches,
+                                                                          noted):
+    from keras_bn.experiment.results import short_run_note
+
+    note = short_run_note({"variants": variants, "batches": batches})
+    assert (note is not None) == noted
+    if noted:
+        assert note.startswith(f"Note: {batches} batches are too few")
+        assert ("stays at chance however long it trains" in note) == ("none" in variants)

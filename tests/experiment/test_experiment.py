@@ -274,6 +274,40 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_numbers(two
     assert _numbers(resumed["runs"]["none"]["0"]) == _numbers(two_seeds.results["runs"]["none"]["0"])
 
 
+def test_a_resumed_run_validates_its_last_batch_once_and_its_bar_ends_there(tmp_path):
+    """Batch 3 of 4 is off the validation cadence (every 5): it is scored once, in the resumed session."""
+    from keras_bn.experiment.figures import validation_curves
+
+    tiny = dict(variants="keras", batches=4, batch_size=8, validate_every=5, check_every=1,
+                num_samples=2, checkpoint_every=1)
+    whole = run_experiment(data=_synthetic_mnist(n_val=100), progress=False, print_fn=lambda _: None,
+                           **tiny)["runs"]["keras"]["0"]
+
+    def press_ctrl_c(line):
+        """Presses Ctrl-C (a real SIGINT) once batch 1 is logged."""
+        if line.startswith("Batch: 1,"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        run_experiment(data=_synthetic_mnist(n_val=100), out_dir=tmp_path, progress=False,
+                       print_fn=press_ctrl_c, **tiny)
+    bar, lines = io.StringIO(), []
+    results = run_experiment(data=_synthetic_mnist(n_val=100), out_dir=tmp_path, progress=bar,
+                             print_fn=lines.append, **tiny)
+    run = results["runs"]["keras"]["0"]
+    assert any(line.startswith("Resuming from ") for line in lines)
+    assert _numbers(run) == _numbers(whole)
+    assert [(e["event"], e["batch"]) for e in run["history"] if "validation" in e["event"]] == [
+        ("validation", 0), ("final_validation", 3)]
+    assert [line for line in lines if line.startswith("Final validation")] == [
+        f"Final validation accuracy: {whole['final_validation_accuracy']}"]
+    last = bar.getvalue().splitlines()[-1]
+    assert whole["history"][0]["accuracy"] != whole["final_validation_accuracy"]  # Else moot.
+    assert last.startswith("keras, seed 0 4/4  ")
+    assert last.endswith(f"val acc {whole['final_validation_accuracy']:.4f}")
+    assert validation_curves(results)["keras", False][0] == [0, 3]
+
+
 @pytest.mark.parametrize("phase", ["last batch", "final evaluation", "writing results"])
 def test_sigterm_at_the_end_of_a_run_resumes_to_the_same_numbers(two_seeds, tmp_path,
                                                                  monkeypatch, phase):
