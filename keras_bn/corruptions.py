@@ -1,39 +1,53 @@
 """MNIST-C's fifteen corruptions, in NumPy, at five graded severities.
 
-Mu and Gilmer's MNIST-C corrupts the MNIST test set fifteen ways, each at the one
-strength they picked so that a person still reads the digit. `corrupt` applies the
-same fifteen, written here in NumPy, at severities 1 to 5: severity 3 is MNIST-C's
-strength, 1 and 2 are milder, 4 and 5 harsher, and 0 is the clean image. For the four
-corruptions MNIST-C gives no strength (stripe, dotted line, zigzag, canny edges) the
-grades are this module's; severity 3 is still MNIST-C's version.
+Mu and Gilmer's MNIST-C corrupts the MNIST test set fifteen ways, each at one strength,
+chosen so that the digit stays readable. `corrupt` applies the same fifteen, written
+here in NumPy, at severities 1 to 5: severity 3 is MNIST-C's strength, 1 and 2 are
+milder, 4 and 5 harsher, and 0 is the clean image. Where MNIST-C has no strength
+(stripe, dotted line, zigzag, canny edges), the grades are this module's and severity 3
+is MNIST-C's version. On real digits the mean absolute change from the clean image grows
+with the severity for every corruption (the tests check it).
 
-| corruption | what it does | severities 1..5 |
+| corruption | what it does | severities 1 to 5 |
 | --- | --- | --- |
 | `shot_noise` | Poisson noise, `poisson(c x) / c` | `c` = 12, 6, 3, 2, 1 |
-| `impulse_noise` | a fraction of pixels set to 0 or 1 | 3, 9, 17, 27, 38 % |
-| `glass_blur` | blur, pixels moved up to `d` px, blur | sigma, d, rounds below |
-| `motion_blur` | a one-sided trail at -45..45 degrees | sigma 1, 2, 3, 4, 5 px |
-| `shear` | horizontal shear, either way | 0.15, 0.25, 0.4, 0.55, 0.7 |
+| `impulse_noise` | pixels set to 0 or 1 (even odds) | 3, 9, 17, 27, 38 % |
+| `glass_blur` | blur, pixels moved, blur | (sigma, reach, rounds) below |
+| `motion_blur` | a one-sided trail, -45 to 45 degrees | sigma 1, 2, 3, 4, 5 px |
+| `shear` | `col += k (row - centre)`, either way | `k` = 0.15, 0.25, 0.4, 0.55, 0.7 |
 | `scale` | shrunk about the centre | 0.9, 0.8, 0.7, 0.6, 0.5 |
-| `rotate` | rotated about the centre, either way | 10, 16, 23, 34, 45 deg |
-| `brightness` | `x + c`, clipped | 0.2, 0.35, 0.5, 0.65, 0.8 |
-| `translate` | moved `c` px along each axis | 1, 2, 3, 4, 5 px |
-| `stripe` | `c` columns inverted at each side | 2, 4, 7, 9, 11 |
-| `fog` | a fractal haze, contrast lowered | strength 1, 2, 3, 4, 5 |
-| `spatter` | blobs of grey mud | more mud with severity |
-| `dotted_line` | a dashed line across the image | one at 0.4, 0.7, 1; 2; 3 |
-| `zigzag` | a zigzag line across the image | one at 0.4, 0.7, 1; 2; 3 |
-| `canny_edges` | the Canny edge map | sigma 0.5, 0.75, 1, 1.5, 2 |
+| `rotate` | about the centre, either way | 10, 16, 23, 34, 45 degrees |
+| `brightness` | `x + c` | `c` = 0.2, 0.35, 0.5, 0.65, 0.8 |
+| `translate` | moved along each axis, either way | 1, 2, 3, 4, 5 px |
+| `stripe` | outer columns inverted, `1 - x` | 2, 4, 7, 9, 11 each side |
+| `fog` | `(x + c f) m / (m + c)`, `f` fractal | `c` = 1, 2, 3, 4, 5 |
+| `spatter` | blobs of grey mud (63 / 255) | 3, 7, 13, 23, 36 % covered |
+| `dotted_line` | dashed lines, edge to edge | 1 line at 0.4, 0.7, 1; 2; 3 |
+| `zigzag` | zigzag lines, teeth 2 px high | 1 line at 0.4, 0.7, 1; 2; 3 |
+| `canny_edges` | Canny's edge map, 0 or 1 | blur sigma 0.5, 0.75, 1, 1.5, 2 |
 
-Glass blur's (sigma, d, rounds) are (0.5, 1, 1), (0.6, 1, 2), (0.7, 1, 2), (0.9, 2, 1),
-(1.1, 2, 2); fog's haze weighs 1 to 5 times the image and is rougher with severity;
-spatter's mud covers about 4, 10, 18, 27 and 37 % of the image. Strengths are in pixels
-of 28x28 images and stay in pixels at other sizes.
+Glass blur's (sigma, reach, rounds) are (0.5, 1, 1), (0.6, 1, 2), (0.7, 1, 2),
+(0.9, 2, 1) and (1.1, 2, 2): a Gaussian blur of `sigma` pixels, then `rounds` rounds in
+which each pixel has even odds of taking the value of a neighbour up to `reach` pixels
+away, then the blur again. Fog's field `f` in [0, 1] is rougher with severity
+(diamond-square's decay 2, 1.7, 1.4, 1.3, 1.2) and `m` is the image's maximum. Dotted
+lines and zigzags come at brightness 0.4, 0.7 and 1 for severities 1 to 3, then two and
+three lines at 1. Results are clipped to [0, 1] (or [0, 255]). Strengths are in pixels
+of 28x28 images and stay in pixels at other sizes. Stripe, as in MNIST-C, inverts its
+columns: background there turns white and ink there turns dark.
 
-Each image draws its randomness from its own generator, made from `seed`, the
+Every image draws its randomness from its own generator, seeded by `seed`, the
 corruption and the image's index in the whole set (`first_index` plus its place in the
-batch), so a set corrupted in chunks equals the set corrupted at once. The code is
-this module's own; what each corruption does follows the paper.
+batch), so a set corrupted in chunks equals the set corrupted at once, and two
+corruptions of one image draw independently. Scale, brightness, stripe and canny edges
+draw nothing.
+
+The code is this module's own; what each corruption does follows the paper and its
+published code, with these differences: the shear is a pure shear (MNIST-C's,
+scikit-image's shear angle of 0.4 radians, also rescaled the rows by `cos(0.4)`); glass
+blur's pixels take a neighbour's value rather than swap with it, so that the batch is
+done at once; fog's fractal field is drawn in Fourier space with diamond-square's
+spectrum; dashes are measured along the line, not along the columns.
 
 Reference:
     - [Mu and Gilmer, 2019](https://arxiv.org/abs/1906.02337), "MNIST-C: A Robustness
@@ -41,6 +55,8 @@ Reference:
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -85,8 +101,10 @@ def corrupt(images, name, severity=3, *, seed=0, first_index=0):
     Raises:
         ValueError: for an unknown `name` (the message lists `CORRUPTIONS`), a
             `severity` other than an int in 0..5, a `seed` or `first_index` other than
-            an int >= 0, a shape other than `(H, W)`, `(N, H, W)` or `(N, H, W, 1)`,
-            or float images with values outside `[0, 1]` (NaN included).
+            an int >= 0, a shape other than `(H, W)`, `(N, H, W)` or `(N, H, W, 1)`
+            (or `(N, H, 1)`, which reads as images one pixel wide: for one image
+            `(H, W, 1)` pass `images[None]`), or float images with values outside
+            `[0, 1]` (NaN included).
         TypeError: if `images` are neither uint8 nor floating point.
 
     Example:
@@ -164,7 +182,8 @@ def _check_images(images):
             f"Received: images of dtype {array.dtype}"
         )
     shape = array.shape
-    if not (array.ndim in (2, 3) or (array.ndim == 4 and shape[-1] == 1)) or 0 in shape[-2:]:
+    spatial = shape[1:3] if array.ndim == 4 else shape[-2:]
+    if not (array.ndim in (2, 3) or (array.ndim == 4 and shape[-1] == 1)) or 0 in spatial:
         raise ValueError(
             "`images` must have shape (H, W), (N, H, W) or (N, H, W, 1) with H, W >= 1. "
             f"Received: images of shape {shape}"
@@ -219,9 +238,9 @@ def _glass_blur(x, level, rngs):
 
 
 def _motion_blur(x, level, rngs):
-    """A one-sided trail: the image shifted 0 to `10 sigma / 3` pixels along an angle drawn
-    in [-45, 45] degrees, weighted by a Gaussian of `sigma` in the shift (MNIST-C's
-    radius 10 for sigma 3)."""
+    """A one-sided trail: the image shifted by 0, 1, ..., `ceil(10 sigma / 3)` pixels along
+    an angle drawn in [-45, 45] degrees, weighted by a Gaussian of `sigma` in the shift
+    (MNIST-C's radius 10 for sigma 3)."""
     sigma = (1.0, 2.0, 3.0, 4.0, 5.0)[level]
     angles = np.deg2rad(_per_image(rngs, lambda rng: rng.uniform(-45, 45)))[:, None, None]
     shifts = np.arange(int(np.ceil(10 * sigma / 3)) + 1)
@@ -258,7 +277,8 @@ def _brightness(x, level, rngs):
 
 def _translate(x, level, rngs):
     """The image moved `c` pixels along each axis, each way drawn; zeros come in."""
-    shift = (1, 2, 3, 4, 5)[level] * _per_image(rngs, lambda rng: 2.0 * rng.integers(2, size=2) - 1)
+    signs = _per_image(rngs, lambda rng: 2.0 * rng.integers(2, size=2) - 1)
+    shift = (1, 2, 3, 4, 5)[level] * signs
     return _warp(x, _matrices(1, 0, 0, 1, n=len(x)), shift)
 
 
@@ -309,18 +329,20 @@ def _dotted_line(x, level, rngs):
 
 def _zigzag(x, level, rngs):
     """Zigzag lines added to the image: teeth 2 pixels high every 4 pixels, along a line
-    from column 2 to `w - 3` that climbs or falls up to 5 pixels."""
+    from column 2 to `w - 3` that climbs or falls up to 5 pixels, inside rows 2 to `h - 3`."""
     count, brightness = _LINES[level]
     n, h, w = x.shape
-    ends = _per_image(rngs, lambda rng: rng.uniform([[0, -5]] * count, [[h - 1, 5]] * count))
+    ends = _per_image(rngs, lambda rng: rng.uniform([[2, -5]] * count, [[h - 3, 5]] * count))
+    ends[..., 1] = np.clip(ends[..., 0] + ends[..., 1], 2, h - 3)
     teeth = max(1, round((w - 5) / 4))
     for line in range(count):
         start = np.stack([ends[:, line, 0], np.full(n, 2.0)], axis=-1)
-        stop = start + np.stack([ends[:, line, 1], np.full(n, w - 5.0)], axis=-1)
+        stop = np.stack([ends[:, line, 1], np.full(n, w - 3.0)], axis=-1)
         across = (stop - start)[:, ::-1] * [1, -1] / np.hypot(*(stop - start).T)[:, None]
         corners = [start + (stop - start) * j / teeth + 2.0 * (-1) ** j * across
                    for j in range(teeth + 1)]
-        ink = np.max([_ink(_segment(x.shape[1:], a, b)[0]) for a, b in zip(corners, corners[1:])], 0)
+        strokes = [_segment(x.shape[1:], a, b)[0] for a, b in itertools.pairwise(corners)]
+        ink = _ink(np.min(strokes, axis=0))
         x = x + brightness * ink
     return x
 
@@ -357,7 +379,7 @@ def _matrices(a, b, c, d, *, n):
 def _warp(x, matrices, shift=(0.0, 0.0)):
     """Images whose pixel `p` (row, column) is `x` at `centre + matrix (p - centre) - shift`,
     interpolated bilinearly; `shift` is one pair or one per image."""
-    n, h, w = x.shape
+    h, w = x.shape[1:]
     centre = np.array([(h - 1) / 2, (w - 1) / 2])[:, None, None]
     grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")) - centre
     source = np.einsum("nij,jhw->nihw", matrices, grid) + centre
