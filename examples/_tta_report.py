@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 from pathlib import Path
 
 #: How the methods are named in the tables and the figure.
@@ -134,11 +135,16 @@ def _is_leaf(value):
     return all(isinstance(item, list) for item in value.values())
 
 
-def _cell(summary, width=13):
+def _cell(summary, width=12):
     """Formats a summary as `mean ± std` in percent, or `refused`."""
     if summary is None:
         return f"{'refused':>{width}}"
-    return f"{100 * summary['mean']:>6.1f} ± {100 * summary['std']:<4.1f}".rjust(width)
+    return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}".rjust(width)
+
+
+def _seeds(count):
+    """Returns `"1 seed"` or `"5 seeds"`."""
+    return f"{count} seed{'s' * (count != 1)}"
 
 
 def progress_line(main, name, seconds):
@@ -153,39 +159,42 @@ def progress_line(main, name, seconds):
 
 def main_table(summary, variant, config):
     """Returns the table of one variant: a row per test set and the mean over corruptions."""
-    seeds = config["seeds"]
-    lines = [f"bn={variant}: accuracy (%) on {config['test_images']} test images, severity "
-             f"{config['severity']}, test batch {config['batch_size']}, mean ± std over "
-             f"{seeds} seed{'s' * (seeds > 1)}",
-             f"{'test set':16s}" + "".join(f"{LABELS[m]:>13s}" for m in LABELS)]
+    lines = [f"bn={variant}: accuracy (%), mean ± std over {_seeds(config['seeds'])}",
+             f"{config['test_images']} test images, severity {config['severity']}, "
+             f"test batch {config['batch_size']}",
+             f"{'test set':16s}" + "".join(f"{LABELS[m]:>12s}" for m in LABELS)]
     rows = summary["main"][variant]
     for name in [*config["corruptions"], "clean", "mean"]:
         label = f"mean of {len(config['corruptions'])}" if name == "mean" else name
         lines.append(f"{label:16s}" + "".join(_cell(rows[name][m]) for m in LABELS))
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(lines)
+
+
+def _columns(summary, key):
+    """Returns `[(header, {x: summary})]`, one per variant and method (or batch size) of a sweep."""
+    short = {"statistics": "stats", "tent": "TENT"}
+    return [(f"{variant} {short[kind]}" if key == "batch_sizes" else f"{variant} n={kind}", by_x)
+            for variant, by_kind in summary[key].items() for kind, by_x in by_kind.items()]
 
 
 def sweep_tables(summary, config):
-    """Returns the batch-size and prior tables of the sweeps."""
-    where = (f"mean over {', '.join(config['sweep_corruptions'])}; first "
-             f"{config['sweep_images']} test images; mean ± std over {config['sweep_seeds']} "
-             f"seed{'s' * (config['sweep_seeds'] > 1)}")
-    sizes, priors = config["batch_sizes"], config["priors"]
-    lines = [f"Accuracy (%) against the test batch size, prior 0 ({where})",
-             f"{'':22s}" + "".join(f"{size:>13d}" for size in sizes)]
-    for variant, by_method in summary["batch_sizes"].items():
-        lines.append(f"{variant + ', source':22s}" + _cell(summary["source"][variant])
-                     + " (every batch size)")
-        for method, by_size in by_method.items():
-            lines.append(f"{variant + ', ' + LABELS[method]:22s}"
-                         + "".join(_cell(by_size[str(size)]) for size in sizes))
-    lines += ["", f"Statistics adaptation against the prior strength N ({where})",
-              f"{'':22s}" + "".join(f"{'N=' + str(prior):>13s}" for prior in priors)]
-    for variant, by_size in summary["priors"].items():
-        for size, by_prior in by_size.items():
-            lines.append(f"{variant + ', batch ' + size:22s}"
-                         + "".join(_cell(by_prior[str(prior)]) for prior in priors))
-    return "\n".join(line.rstrip() for line in lines)
+    """Returns the batch-size and prior tables of the sweeps: a row per batch size or prior."""
+    where = [f"mean over {', '.join(config['sweep_corruptions'])}",
+             f"first {config['sweep_images']} test images, severity {config['severity']}, "
+             f"mean ± std over {_seeds(config['sweep_seeds'])}"]
+    source = ", ".join(f"{variant} {_cell(cell).strip()}"
+                       for variant, cell in summary["source"].items())
+    lines = ["Accuracy (%) against the test batch size n, prior 0", *where,
+             f"no adaptation: {source}"]
+    for key, first, xs in (("batch_sizes", "n", config["batch_sizes"]),
+                           ("priors", "N", config["priors"])):
+        if key == "priors":
+            lines += ["", "Statistics adaptation against the prior strength N", *where]
+        columns = _columns(summary, key)
+        lines.append(f"{first:8s}" + "".join(f"{header:>13s}" for header, _ in columns))
+        for x in xs:
+            lines.append(f"{x:<8d}" + "".join(_cell(by_x[str(x)], 13) for _, by_x in columns))
+    return "\n".join(lines)
 
 
 def tables(results):
@@ -195,9 +204,9 @@ def tables(results):
     parts = [main_table(results["summary"], variant, config) for variant in config["variants"]]
     parts.append(sweep_tables(results["summary"], config))
     if results["refused"]:
-        first = results["refused"][0]["error"]
-        parts.append(f"refused: {len(results['refused'])} runs, every one with batch size 1 "
-                     f"and prior 0 ({first})")
+        # Only batch size 1 with prior 0 is caught (_tta_study.adapted_accuracy).
+        parts.append(f"refused: {len(results['refused'])} runs at batch size 1 with prior 0:\n"
+                     + textwrap.fill(results["refused"][0]["error"], 78))
     return "\n\n".join(parts)
 
 
@@ -216,7 +225,11 @@ def _curve(axis, xs, cells, **style):
 
 
 def figure(path, results):
-    """Draws accuracy against the test batch size and against the prior strength; saves a PNG."""
+    """Draws accuracy against the test batch size and against the prior strength; saves a PNG.
+
+    Colour: the method (left) or the batch size (right); line: the variant;
+    dotted: no adaptation. A refused setting has no point.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,29 +238,31 @@ def figure(path, results):
     summary, config = results["summary"], results["config"]
     sizes, priors = config["batch_sizes"], config["priors"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    colors = dict(zip(config["variants"], ("tab:blue", "tab:orange")))
+    lines = dict(zip(config["sweep_variants"], ("-", "--")))
+    colors = ("tab:blue", "tab:orange", "tab:green")
     for variant, by_method in summary["batch_sizes"].items():
-        for method, line in (("statistics", "-"), ("tent", "--")):
-            _curve(left, sizes, [by_method[method][str(s)] for s in sizes], linestyle=line,
-                   color=colors[variant], label=f"{variant}, {LABELS[method]}")
+        for method, color in zip(("statistics", "tent"), colors):
+            _curve(left, sizes, [by_method[method][str(s)] for s in sizes], color=color,
+                   linestyle=lines[variant], label=f"{variant}, {LABELS[method]}")
         for axis in (left, right):
-            source = summary["source"][variant]
-            axis.axhline(100 * source["mean"], color=colors[variant], linestyle=":", linewidth=1)
+            axis.axhline(100 * summary["source"][variant]["mean"], color="grey",
+                         linestyle=":", linewidth=1.2, label=f"{variant}, no adaptation")
     for variant, by_size in summary["priors"].items():
-        for size, line in zip(by_size, ("-", "--", "-.")):
-            _curve(right, priors, [by_size[size][str(p)] for p in priors], linestyle=line,
-                   color=colors[variant], label=f"{variant}, batch {size}")
+        for (size, by_prior), color in zip(by_size.items(), colors):
+            _curve(right, priors, [by_prior[str(p)] for p in priors], color=color,
+                   linestyle=lines[variant], label=f"{variant}, batch {size}")
     left.set_xscale("log", base=2)
     left.set_xticks(sizes, [str(size) for size in sizes])
-    left.set(xlabel="test batch size (prior 0)", ylabel="accuracy (%)")
+    left.set(xlabel="test batch size n (prior N = 0)", ylabel="accuracy (%)")
     right.set_xscale("symlog", linthresh=1)
     right.set_xticks(priors, [str(prior) for prior in priors])
     right.set(xlabel="prior strength N (statistics adaptation)")
     for axis in (left, right):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Mean over {', '.join(config['sweep_corruptions'])} "
-                 f"({config['sweep_images']} images each); dotted: no adaptation", fontsize=9)
+        axis.legend(fontsize=7, loc="best")
+    fig.suptitle(f"Mean over {', '.join(config['sweep_corruptions'])} (first "
+                 f"{config['sweep_images']} test images); n = 1 with N = 0 is refused",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

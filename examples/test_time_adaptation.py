@@ -21,9 +21,12 @@ images and on each of the 15 corruptions of `keras_bn.corruptions` (at
   1e-3, one step per batch, entropy of the normalized sigmoids).
 
 Then, on the first `--sweep-images` images of a few corruptions
-(`--sweep-corruptions`) and the first `--sweep-seeds` seeds, the accuracy
-against the test batch size (statistics and TENT, prior 0) and against the
-prior strength N (statistics, at batch sizes 1 and 16).
+(`--sweep-corruptions`), for the first `--sweep-seeds` seeds of
+`--sweep-variants`, the accuracy against the test batch size (statistics and
+TENT, prior 0) and against the prior strength N (statistics, at batch sizes 1
+and 16). A batch of one image with prior 0 is refused by the library (a
+batch norm after the 1x1 maps would see one value per channel): the tables
+say `refused` there.
 
 It prints the machine, one line per test set, and the tables (mean and
 standard deviation over the seeds), and writes `results.json` and
@@ -82,6 +85,7 @@ def parse_args(argv=None):
     add("--batch-size", type=int, default=64, help="test batch of the tables (default 64)")
     add("--variants", type=_names, default=VARIANTS, help="default keras,manual")
     add("--corruptions", type=_names, default=CORRUPTIONS, help="default: all 15")
+    add("--sweep-variants", type=_names, default=("keras",), help="default keras")
     add("--sweep-seeds", type=int, default=2, help="first N seeds in the sweeps (default 2)")
     add("--sweep-images", type=int, default=2000, help="test images in the sweeps (default 2000)")
     add("--sweep-corruptions", type=_names, default=SWEEP_CORRUPTIONS,
@@ -111,7 +115,7 @@ def _check(parser, args):
     if min(args.priors) < 0:
         parser.error(f"--priors must be ints >= 0. Received: {args.priors}")
     checks = (("variants", VARIANTS), ("corruptions", CORRUPTIONS),
-              ("sweep_corruptions", args.corruptions))
+              ("sweep_variants", args.variants), ("sweep_corruptions", args.corruptions))
     for name, allowed in checks:
         unknown = [value for value in getattr(args, name) if value not in allowed]
         if unknown or not getattr(args, name):
@@ -164,7 +168,8 @@ def evaluate(args, data, subjects, clock):
                 row = study.main_accuracies(subject, x, labels, args.batch_size)
             for method, value in row.items():
                 report.add(results["main"], (subject.variant, name, method), value)
-            if name in args.sweep_corruptions and subject.seed < args.sweep_seeds:
+            if (name in args.sweep_corruptions and subject.variant in args.sweep_variants
+                    and subject.seed < args.sweep_seeds):
                 with clock("sweeps"):
                     sweep(subject, x[: args.sweep_images], labels[: args.sweep_images],
                           args, results, name)
@@ -184,15 +189,16 @@ def main(argv=None):
     subjects = train_all(args, data, clock)
     results = evaluate(args, data, subjects, clock)
     results["config"] = {key: value for key, value in vars(args).items() if key != "data_dir"}
-    results["machine"] = machine
+    results["machine"] = {**machine, "load_average_end": round(os.getloadavg()[0], 1)}
     results["seconds"] = {**clock.seconds, "total": sum(clock.seconds.values())}
     print(report.tables(results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "results.json", results)
     report.figure(out / "tta_sweeps.png", results)
-    print(f"wrote {out / 'results.json'} and {out / 'tta_sweeps.png'}")
-    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items()))
+    print(f"wrote results.json and tta_sweeps.png to\n{out}")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())
+          + f"\nload average at the end {results['machine']['load_average_end']}")
     return results
 
 

@@ -22,6 +22,7 @@ SCRIPT = ROOT / "examples" / "test_time_adaptation.py"
 CORRUPTIONS = ("shot_noise", "rotate")
 QUICK = ["--seeds", "1", "--batches", "10", "--test-images", "200", "--batch-size", "64",
          "--corruptions", ",".join(CORRUPTIONS), "--sweep-corruptions", "rotate",
+         "--sweep-variants", "keras,manual",
          "--sweep-images", "48", "--batch-sizes", "1,16", "--priors", "0,16",
          "--prior-batch-sizes", "1,16"]
 
@@ -89,6 +90,7 @@ def test_the_sweeps_refuse_batch_size_one_without_a_prior_and_nothing_else(quick
                for r in results["refused"]}
     # The batch sweep and the prior sweep each ask statistics at batch 1 without a prior.
     assert refused == {(v, m, 1, 0.0) for v in ("keras", "manual") for m in ("statistics", "tent")}
+    assert len(results["refused"]) == 6  # statistics twice (both sweeps), TENT once, per variant
     assert all("single value per channel" in r["error"] for r in results["refused"])
 
 
@@ -109,9 +111,9 @@ def test_the_printed_tables_show_the_results(quick_run):
     stdout, results, out = quick_run
     assert re.search(r"^machine .+ cores, Python", stdout, re.MULTILINE)
     for variant in ("keras", "manual"):
-        header = (f"bn={variant}: accuracy (%) on 200 test images, severity 3, test batch 64, "
-                  "mean ± std over 1 seed")
+        header = f"bn={variant}: accuracy (%), mean ± std over 1 seed\n"
         table = stdout.split(header, 1)[1].split("\n\n", 1)[0].splitlines()
+        assert table[0] == "200 test images, severity 3, test batch 64"
         rows = {line[:16].strip(): re.findall(r"(\d+\.\d) ± (\d+\.\d)", line)
                 for line in table[2:]}
         assert set(rows) == {*CORRUPTIONS, "clean", "mean of 2"}
@@ -121,7 +123,15 @@ def test_the_printed_tables_show_the_results(quick_run):
             printed = [float(mean) for mean, _ in cells]
             expected = [100 * summary[key][m]["mean"] for m in ("source", "statistics", "tent")]
             assert printed == pytest.approx(expected, abs=0.051)
-    assert "keras, statistics" in stdout and "refused" in stdout
+    sweep = stdout.split("Accuracy (%) against the test batch size n, prior 0\n", 1)[1]
+    lines = sweep.split("\n\n", 1)[0].splitlines()
+    assert lines[3].split() == ["n", "keras", "stats", "keras", "TENT", "manual", "stats",
+                                "manual", "TENT"]
+    assert lines[4].split() == ["1"] + ["refused"] * 4
+    assert "refused: 6 runs at batch size 1 with prior 0:" in stdout
+    # What the docs page shows fits its 78 columns: all but the command and the paths.
+    shown = [line for line in stdout.splitlines()[1:] if str(out) not in line]
+    assert all(len(line) <= 78 for line in shown), max(shown, key=len)
     assert (out / "tta_sweeps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
