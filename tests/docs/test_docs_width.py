@@ -54,12 +54,10 @@ PENDING = set()
 
 TABLE_PX = 688
 TABLE_TOLERANCE = 1.02
-# Pages with a table that scrolls at 1280 px (measured in Chromium: benchmarks.md
-# 958 and 1158 px, beyond_keras.md 717,
-# distributed.md 745, experiments.md 732, from_tf1.md 1560): strict xfails, as
-# PENDING above.
+# Pages with a table that scrolls at 1280 px (measured in Chromium:
+# beyond_keras.md 717, distributed.md 745, experiments.md 732, from_tf1.md 1560):
+# strict xfails, as PENDING above.
 TABLES_PENDING = {
-    "docs/benchmarks.md",
     "docs/guide/beyond_keras.md",
     "docs/guide/distributed.md",
     "docs/guide/experiments.md",
