@@ -120,6 +120,8 @@ def main(argv=None):
     (with `--wait`, the command waits for it instead). A missing or corrupt
     MNIST folder or checkpoint exits with status 1. SIGINT (Ctrl-C) and SIGTERM stop after the current batch, save a
     checkpoint, print how to resume, and exit with status 130 and 143.
+    Without Matplotlib the run says so before it trains, then writes its
+    results without figures and returns 0.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
