@@ -16,6 +16,11 @@
 #    .keras, reloads it and compares predictions; then `keras-bn --help` must run and
 #    `keras-bn --version` print the version.
 #
+#
+# KERAS_BN_WHEEL_PINS=scripts/oldest.txt makes step 4 install under those pins (as
+# pip constraints): scripts/test.sh does so to check the wheel on the oldest
+# versions keras-bn declares.
+#
 # Any failure stops the script with a message and a non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,11 +155,16 @@ if problems:
     sys.exit(1)
 PYTHON
 
-echo "== fresh virtual environment with the wheel and TensorFlow"
+PINS=()
+if [ -n "${KERAS_BN_WHEEL_PINS:-}" ]; then
+    [ -f "$KERAS_BN_WHEEL_PINS" ] || fail "KERAS_BN_WHEEL_PINS=$KERAS_BN_WHEEL_PINS is not a file"
+    PINS=(--constraint "$(cd "$(dirname "$KERAS_BN_WHEEL_PINS")" && pwd)/$(basename "$KERAS_BN_WHEEL_PINS")")
+fi
+echo "== fresh virtual environment with the wheel and TensorFlow${PINS:+, pinned by $KERAS_BN_WHEEL_PINS}"
 "$PY" -m venv "$TMP/venv"
 VPY="$TMP/venv/bin/python"
 "$VPY" -m pip install --quiet --upgrade pip >"$TMP/pip.log" 2>&1 || { cat "$TMP/pip.log" >&2; fail "upgrading pip"; }
-"$VPY" -m pip install --quiet "$WHEEL" tensorflow >"$TMP/pip.log" 2>&1 || {
+"$VPY" -m pip install --quiet "${PINS[@]}" "$WHEEL" tensorflow >"$TMP/pip.log" 2>&1 || {
     cat "$TMP/pip.log" >&2
     fail "pip install of the wheel and tensorflow"
 }
