@@ -160,8 +160,8 @@ def progress_line(main, name, seconds):
 def main_table(summary, variant, config):
     """Returns the table of one variant: a row per test set and the mean over corruptions."""
     lines = [f"bn={variant}: accuracy (%), mean ± std over {_seeds(config['seeds'])}",
-             f"{config['test_images']} test images, severity {config['severity']}, "
-             f"test batch {config['batch_size']}",
+             (f"{config['test_images']} test images, severity {config['severity']}, "
+              f"test batch {config['batch_size']}"),
              f"{'test set':16s}" + "".join(f"{LABELS[m]:>12s}" for m in LABELS)]
     rows = summary["main"][variant]
     for name in [*config["corruptions"], "clean", "mean"]:
@@ -180,8 +180,8 @@ def _columns(summary, key):
 def sweep_tables(summary, config):
     """Returns the batch-size and prior tables of the sweeps: a row per batch size or prior."""
     where = [f"mean over {', '.join(config['sweep_corruptions'])}",
-             f"first {config['sweep_images']} test images, severity {config['severity']}, "
-             f"mean ± std over {_seeds(config['sweep_seeds'])}"]
+             (f"first {config['sweep_images']} test images, severity {config['severity']}, "
+              f"mean ± std over {_seeds(config['sweep_seeds'])}")]
     source = ", ".join(f"{variant} {_cell(cell).strip()}"
                        for variant, cell in summary["source"].items())
     lines = ["Accuracy (%) against the test batch size n, prior 0", *where,

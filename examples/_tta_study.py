@@ -10,7 +10,12 @@ import time
 import keras
 import numpy as np
 
-from keras_bn import BatchFeeder, BatchNormAdapter, compile_like_notebook, deep_mnist_model
+from keras_bn import (
+    BatchFeeder,
+    BatchNormAdapter,
+    compile_like_notebook,
+    deep_mnist_model,
+)
 from keras_bn.experiment.training import fit_batches
 
 #: The batch size the notebook trains with.
@@ -111,10 +116,10 @@ def batch_size_accuracies(subject, images, labels, batch_sizes):
     """Returns `({method: {batch size: accuracy or None}}, refusals)` with the prior at 0."""
     found, refused = {"statistics": {}, "tent": {}}, []
     for size in batch_sizes:
-        for method in found:
+        for method, by_size in found.items():
             adapter = subject.statistics(0.0) if method == "statistics" else subject.tent()
             value, why = adapted_accuracy(adapter, images, labels, size, 0.0)
-            found[method][size] = value
+            by_size[size] = value
             if why:
                 refused.append({"method": method, "batch_size": size, "prior_strength": 0.0,
                                 "error": why})

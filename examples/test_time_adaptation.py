@@ -45,14 +45,14 @@ if importlib.util.find_spec("keras_bn") is None:  # Run from a checkout that is 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the _tta_* helpers beside this file
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import logging  # noqa: E402
+import logging
 
-import numpy as np  # noqa: E402
+import _tta_report as report
+import _tta_study as study
+import numpy as np
 
-import _tta_report as report  # noqa: E402
-import _tta_study as study  # noqa: E402
-from keras_bn import load_mnist  # noqa: E402
-from keras_bn.corruptions import CORRUPTIONS, corrupt  # noqa: E402
+from keras_bn import load_mnist
+from keras_bn.corruptions import CORRUPTIONS, corrupt
 
 # Keras traces its predict and train steps once per batch shape, and every adapter has its
 # own: TensorFlow's warnings that it retraced say only that.
