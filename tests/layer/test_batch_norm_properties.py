@@ -83,7 +83,12 @@ def test_agrees_with_numpy_for_any_shape_axis_momentum_epsilon_and_dtype(case):
         # values to beta +- gamma * noise / sqrt(epsilon).
         np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
         for name in ("moving_mean", "moving_variance"):
-            np.testing.assert_allclose(to_numpy(getattr(layer, name)), state[name], rtol=2e-5, atol=2e-5)
+            stored = to_numpy(getattr(layer, name))
+            np.testing.assert_allclose(stored, state[name], rtol=2e-5, atol=2e-5)
+            # The inference step is checked on the statistics as stored: their float32
+            # rounding alone, divided by sqrt(variance + epsilon) of a channel whose
+            # batch variance was ~0, can exceed the output tolerance.
+            state[name] = stored
 
 
 def test_batch_of_one_normalizes_to_beta():
