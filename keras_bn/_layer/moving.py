@@ -12,7 +12,9 @@ variables it reads and assigns (`Weights`), the statistics and the options
 The rule is written in a few array primitives, `Ops`: `keras.ops` and
 `Variable.assign`. keras_bn/_layer/torch.py hands it the same primitives as
 direct torch calls, because PyTorch runs eagerly and there each `keras.ops`
-call costs more than its arithmetic at these sizes.
+call costs more than its arithmetic at these sizes; for the same reason a
+kernel's statistics come in as the kernel left them, mean and variance stacked
+in one buffer with Bessel's correction, and the rule takes that form directly.
 """
 
 import keras
@@ -39,8 +41,18 @@ class Ops:
 
     @staticmethod
     def assign(variable, value):
-        """Assigns `value` to the Keras variable `variable`."""
-        variable.assign(value)
+        """Assigns `value`, cast to the variable's dtype, to the Keras variable `variable`."""
+        variable.assign(ops.cast(value, variable.dtype))
+
+    @staticmethod
+    def scale_variance(statistics, factor):
+        """Returns the stacked `statistics` with the variance (row 1) times the number `factor`."""
+        return ops.stack((statistics[0], statistics[1] * factor))
+
+    @staticmethod
+    def average(current, values, momentum):
+        """Returns `current * momentum + values * (1 - momentum)`."""
+        return current * momentum + values * (1.0 - momentum)
 
 
 def renorm_correction(weights, mean, variance, shape, spec):
@@ -88,24 +100,44 @@ def _checked_when_run(count):
         return tf.identity(count)
 
 
-def _usable(mean, variance, count, unbiased_variance, xp):
+def _variance_factor(count, unbiased_variance, corrected):
+    """Returns what takes a batch variance of `count` values to the one the layer keeps.
+
+    `n / (n - 1)` makes a biased variance unbiased (`unbiased_variance`);
+    `(n - 1) / n` takes Bessel's correction out of a kernel's (`corrected`).
+    For `n = 1` a kernel returns 0, uncorrected, and 0 it stays.
+    """
+    if unbiased_variance == corrected:
+        return 1.0
+    if unbiased_variance:
+        return count / (count - 1)  # count >= 2, checked
+    return max(count - 1, 0) / max(count, 1)
+
+
+def _usable(statistics, count, unbiased_variance, corrected, xp):
     """Returns `(statistics, usable, variance_usable)`: what the layer keeps, and where each may move.
 
-    `statistics` is the mean and the variance the layer keeps (biased, or
-    unbiased with `unbiased_variance`), stacked on a new first axis when
-    both may move in the same channels (`usable is variance_usable`), else the
-    pair. Usable: a finite mean and variance from at least one counted value
-    (two, for the unbiased variance). `count` is a Python int (static: one for
-    every channel, at least 2 with the unbiased variance, checked), a scalar
-    int tensor (a batch size unknown when traced) or a float tensor per
-    channel (masks, replicas).
+    The returned `statistics` are the mean and the variance the layer keeps
+    (biased, or unbiased with `unbiased_variance`), stacked on a new first
+    axis when both may move in the same channels (`usable is
+    variance_usable`), else the pair. Usable: a finite mean and variance from
+    at least one counted value (two, for the unbiased variance). `count` is a
+    Python int (static: one for every channel, at least 2 with the unbiased
+    variance, checked), a scalar int tensor (a batch size unknown when traced)
+    or a float tensor per channel (masks, replicas).
     """
     if isinstance(count, int):
-        if unbiased_variance:
-            variance = variance * (count / (count - 1))
-        statistics = xp.stack((mean, variance))
+        factor = _variance_factor(count, unbiased_variance, corrected)
+        if isinstance(statistics, tuple):
+            mean, variance = statistics
+            statistics = xp.stack((mean, variance if factor == 1.0 else variance * factor))
+        elif factor != 1.0:
+            statistics = xp.scale_variance(statistics, factor)
         usable = xp.all(xp.isfinite(statistics), axis=0)
         return statistics, usable, usable
+    if corrected:
+        raise ValueError("a Bessel-corrected variance needs a static count: undo it first (`biased_variance`)")
+    mean, variance = statistics
     usable = xp.logical_and(xp.isfinite(mean), xp.isfinite(variance))
     if unbiased_variance and keras.backend.backend() == "tensorflow" and len(count.shape) == 0:
         count = _checked_when_run(count)
@@ -120,18 +152,22 @@ def _usable(mean, variance, count, unbiased_variance, xp):
     return (mean, variance), usable, xp.logical_and(usable, count > 1)
 
 
-def update_statistics(weights, mean, variance, count, spec, xp=Ops):
+def update_statistics(weights, statistics, count, spec, *, corrected=False, xp=Ops):
     """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s).
 
-    `mean`, `variance` (biased) and `count` are per channel (and per ghost
-    batch). Only the channels whose statistics are usable move; the others
-    keep their moving statistics exactly, so one bad batch cannot poison
-    inference. `xp` gives the primitives (`Ops`).
+    `statistics` are the batch mean and variance, per channel (and per ghost
+    batch): a pair `(mean, variance)`, or one tensor with both stacked on a new
+    first axis (a kernel's buffer, which the rule owns from then on and may
+    scale in place). The variance is biased, or carries Bessel's correction
+    with `corrected` (as the kernels return it; a Python int `count` only).
+    Only the channels whose statistics are usable move; the others keep their
+    moving statistics exactly, so one bad batch cannot poison inference. `xp`
+    gives the primitives (`Ops`).
     """
     check_count(count, spec.unbiased_variance)
     if isinstance(count, int) and count == 0:
         return  # an empty batch counts nothing
-    statistics, usable, variance_usable = _usable(mean, variance, count, spec.unbiased_variance, xp)
+    statistics, usable, variance_usable = _usable(statistics, count, spec.unbiased_variance, corrected, xp)
     if spec.virtual_batch_size is not None:
         # tf.keras's rule: the moving statistics follow the mean of the
         # ghost batches' statistics; a ghost batch with nothing usable is
@@ -149,7 +185,7 @@ def update_statistics(weights, mean, variance, count, spec, xp=Ops):
         counted = xp.all(xp.logical_and(usable, variance_usable))
         seen = xp.cast(weights.num_batches_tracked, "int32") + xp.cast(counted, "int32")
         xp.assign(weights.num_batches_tracked, seen)
-        momentum = 1.0 - 1.0 / xp.cast(xp.maximum(seen, 1), mean.dtype)
+        momentum = 1.0 - 1.0 / xp.cast(xp.maximum(seen, 1), statistics[0].dtype)
         usable = xp.logical_and(usable, counted)
         variance_usable = usable if variance_usable is usable else xp.logical_and(variance_usable, counted)
 
@@ -199,11 +235,11 @@ def _assign_averages(variables, values, momentum, usable, xp):
         current = xp.cast(variables[0], values.dtype)
     else:
         current = xp.stack([xp.cast(variable, values.dtype) for variable in variables])
-    new = current * momentum + xp.reshape(values, stacked) * (1.0 - momentum)
+    new = xp.average(current, xp.reshape(values, stacked), momentum)
     new = xp.where(usable, new, current)
     if len(variables) == 1:
-        xp.assign(variables[0], xp.cast(new, variables[0].dtype))
+        xp.assign(variables[0], new)
         return new
     for i, variable in enumerate(variables):
-        xp.assign(variable, xp.cast(new[i], variable.dtype))
+        xp.assign(variable, new[i])
     return new[0]

@@ -104,7 +104,7 @@ def training(x, weights, spec, *, mask, all_reduce, closed_form):
         outputs = normalize(centered, variance, gamma, beta, spec.epsilon)
     if v is not None:
         outputs = ops.reshape(outputs, original_shape)
-    moving.update_statistics(weights, mean, variance, count, spec)
+    moving.update_statistics(weights, (mean, variance), count, spec)
     return outputs
 
 

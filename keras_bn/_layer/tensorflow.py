@@ -47,7 +47,7 @@ def training(x, weights, spec):
         # would divide by zero first).
         mean, variance = (ops.reshape(s, (-1, spec.layout.channels)) for s in (mean, variance))
         count = count // ops.shape(mean)[0]
-    moving.update_statistics(weights, mean, biased_variance(variance, count), count, spec)
+    moving.update_statistics(weights, (mean, biased_variance(variance, count)), count, spec)
     return outputs
 
 

@@ -12,8 +12,9 @@ torch calls:
   training and inference, any single channel axis: channel axis 1 as it is, a
   last channel axis of a 4-D or 5-D input as a channels-last view, else a
   reshape to `(before, C, after)`. The batch statistics come back through one
-  fresh `(2, C)` buffer updated with momentum 1; in training they carry
-  Bessel's correction, which is undone before the update, as on TensorFlow.
+  fresh `(2, C)` buffer updated with momentum 1, which goes to the update
+  rule as it is (`corrected=True`): the rule takes Bessel's correction out
+  in one multiply, with nothing to split or stack again.
   Ghost batches take it with each ghost batch's channels as channels of their
   own (a copy in and out); a batch of one value per channel, which the kernel
   refuses, takes the closed form;
@@ -35,6 +36,7 @@ Everything else takes the reference path; the tests hold every path to the
 same NumPy references and to autodiff.
 """
 
+import functools
 import math
 
 import keras
@@ -43,7 +45,6 @@ import torch.nn.functional as F
 
 from keras_bn import _keras_compat
 from keras_bn._layer import moving
-from keras_bn._layer.moments import biased_variance
 
 __all__ = ["batch_norm", "choose", "plain_call"]
 
@@ -144,9 +145,9 @@ def kernel_training(x, weights, spec):
         virtual_batch_size=spec.virtual_batch_size, read=read,
     )
     groups = statistics.shape[1] // spec.layout.channels  # ghost batches
-    count = _count(x, spec) // groups
-    mean, variance = statistics if spec.virtual_batch_size is None else statistics.reshape(2, groups, -1)
-    _update(weights, mean, biased_variance(variance, count), count, spec, read)
+    if spec.virtual_batch_size is not None:
+        statistics = statistics.reshape(2, groups, -1)
+    _update(weights, statistics, _count(x, spec) // groups, spec, read, corrected=True)
     return outputs
 
 
@@ -301,14 +302,14 @@ def closed_form_training(x, weights, spec):
     count, read = _count(x, spec), _keras_compat.variable_reader(x)
     gamma, beta = _parameters(weights, x.dtype, spec.layout.broadcast_shape, read)
     outputs, mean, variance = _BatchNorm.apply(x, gamma, beta, spec.layout.reduction_axes, spec.epsilon)
-    _update(weights, mean, variance, count, spec, read)
+    _update(weights, (mean, variance), count, spec, read)
     return outputs
 
 
-def _update(weights, mean, variance, count, spec, read):
+def _update(weights, statistics, count, spec, read, corrected=False):
     """Folds the batch statistics into the moving averages by the layer's one rule, without gradient."""
     with torch.no_grad():
-        moving.update_statistics(weights, mean, variance, count, spec, xp=_OPS[read])
+        moving.update_statistics(weights, statistics, count, spec, corrected=corrected, xp=_OPS[read])
 
 
 class _TorchOps(moving.Ops):
@@ -343,11 +344,24 @@ class _TorchOps(moving.Ops):
         return torch.sum(x, dim=axis)
 
     def assign(self, variable, value):
-        """Assigns `value` to the Keras variable `variable`."""
+        """Assigns `value`, cast to the variable's dtype, to the Keras variable `variable`."""
         if _keras_compat.stateless_scope_open():
             variable.assign(value)  # a stateless call records the new value in its scope
         else:
-            self.read(variable).copy_(value)  # what `assign` does, without its checks
+            self.read(variable).copy_(value)  # what `assign` does (and casts), without its checks
+
+    @staticmethod
+    def scale_variance(statistics, factor):
+        """Returns the stacked `statistics` with the variance (row 1) times `factor`, in one launch.
+
+        Not in place: autograd keeps the kernel's buffer, which it checks is unchanged.
+        """
+        return statistics * _row_factors(factor, statistics.dtype, statistics.device, statistics.dim())
+
+    @staticmethod
+    def average(current, values, momentum):
+        """Returns `current * momentum + values * (1 - momentum)` in one launch."""
+        return torch.lerp(values, current, momentum)
 
     @staticmethod
     def all(x, axis=None):
@@ -361,6 +375,12 @@ class _TorchOps(moving.Ops):
     sqrt = staticmethod(torch.sqrt)
     relu = staticmethod(torch.relu)
     ones_like = staticmethod(torch.ones_like)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_factors(factor, dtype, device, rank):
+    """Returns the tensor `[1, factor]` shaped to scale the rows of a stacked `(2, ...)` tensor of `rank`."""
+    return torch.tensor([1.0, factor], dtype=dtype, device=device).reshape((2,) + (1,) * (rank - 1))
 
 
 _OPS = {
