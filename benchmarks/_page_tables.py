@@ -138,12 +138,12 @@ def bn(results):
 
 
 def predict(results):
-    """Inference: `model.predict` on 5,000 images, per backend."""
+    """Inference: `model.predict_on_batch` on 5,000 images, per backend."""
     rows = [("no batch norm", "no BN"), ("Keras `BatchNormalization`", KERAS), (DEFAULT, NATIVE),
             ("`fused=False`", "ManualBatchNorm, fused=False")]
     ratios = [("ratio, the default / Keras", f"{NATIVE} / Keras")]
     return _per_backend(results, "predict", rows, ratios,
-                        "`model.predict` on 5,000 images in batches of 1,000, in images per second.")
+                        "`model.predict_on_batch` on 5,000 images in batches of 1,000, in images per second.")
 
 
 def experiment(results):

@@ -66,7 +66,13 @@ def bench_experiment(repeats, batches=800):
 
 
 def bench_predict(repeats):
-    """Times `model.predict` on 5,000 random images without BN, with Keras's and with keras-bn's, alternately."""
+    """Times inference on 5,000 random images without BN, with Keras's and with keras-bn's, alternately.
+
+    Each call is `model.predict_on_batch` on 5 batches of 1,000: the compiled
+    forward pass as `model.predict` runs it, without its input pipeline, which on
+    TensorFlow on 2 cores swings from call to call by more than the layers differ
+    (docs/benchmarks.md has the figures).
+    """
     import keras
     import numpy as np
 
@@ -83,9 +89,10 @@ def bench_predict(repeats):
     ):
         keras.utils.set_random_seed(0)
         models[name] = deep_mnist_model(bn=bn, data_format=data_format)
-        models[name].predict(images[:1000], batch_size=1000, verbose=0)
+        models[name].predict_on_batch(images[:1000])
+    batches = [images[i:i + 1000] for i in range(0, len(images), 1000)]
     times = alternate(
-        {name: (lambda m=m: m.predict(images, batch_size=1000, verbose=0)) for name, m in models.items()},
+        {name: (lambda m=m: [m.predict_on_batch(batch) for batch in batches]) for name, m in models.items()},
         repeats,
         1,
     )

@@ -32,7 +32,7 @@ Figures:
   hand-written path). Not in the default list.
 - ghost: the bn figure with `virtual_batch_size=8` (4 ghost batches of the 32),
   `fused=None` (the kernel on TensorFlow and PyTorch; JAX has none) against `fused=False`.
-- predict: images per second of `model.predict` on 5,000 images, batches of 1,000.
+- predict: images per second of `model.predict_on_batch` on 5 batches of 1,000 images.
 - experiment (TensorFlow): the whole `keras-bn --variants manual` command (start-up
   included) and the seed notebook's own TF1 code (`benchmarks/notebook_tf1.py`), run
   alternately as subprocesses, seconds. Needs MNIST and `tf_keras`.
