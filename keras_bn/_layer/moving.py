@@ -51,7 +51,11 @@ class Ops:
 
     @staticmethod
     def average(current, values, momentum):
-        """Returns `current * momentum + values * (1 - momentum)`."""
+        """Returns `current * momentum + values * (1 - momentum)`, in plain operators.
+
+        PyTorch's tensors take them too, and keep these three operations: a
+        one-launch `torch.lerp` rounds differently from the reference path.
+        """
         return current * momentum + values * (1.0 - momentum)
 
 

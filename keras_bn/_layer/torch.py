@@ -359,11 +359,6 @@ class _TorchOps(moving.Ops):
         return statistics * _row_factors(factor, statistics.dtype, statistics.device, statistics.dim())
 
     @staticmethod
-    def average(current, values, momentum):
-        """Returns `current * momentum + values * (1 - momentum)` in one launch."""
-        return torch.lerp(values, current, momentum)
-
-    @staticmethod
     def all(x, axis=None):
         """Returns whether every entry of `x` is true, over `axis` or over all of it."""
         return torch.all(x) if axis is None else torch.all(x, dim=axis)
