@@ -49,15 +49,6 @@ class Ops:
         """Returns the stacked `statistics` with the variance (row 1) times the number `factor`."""
         return ops.stack((statistics[0], statistics[1] * factor))
 
-    @staticmethod
-    def average(current, values, momentum):
-        """Returns `current * momentum + values * (1 - momentum)`, in plain operators.
-
-        PyTorch's tensors take them too, and keep these three operations: a
-        one-launch `torch.lerp` rounds differently from the reference path.
-        """
-        return current * momentum + values * (1.0 - momentum)
-
 
 def renorm_correction(weights, mean, variance, shape, spec):
     """Returns Batch Renormalization's `(r, d)`, clipped, without gradient, shaped `shape`."""
@@ -160,13 +151,12 @@ def update_statistics(weights, statistics, count, spec, *, corrected=False, xp=O
     """Folds the batch statistics into the moving averages (the notebook's `tf.assign`s).
 
     `statistics` are the batch mean and variance, per channel (and per ghost
-    batch): a pair `(mean, variance)`, or one tensor with both stacked on a new
-    first axis (a kernel's buffer, which the rule owns from then on and may
-    scale in place). The variance is biased, or carries Bessel's correction
-    with `corrected` (as the kernels return it; a Python int `count` only).
-    Only the channels whose statistics are usable move; the others keep their
-    moving statistics exactly, so one bad batch cannot poison inference. `xp`
-    gives the primitives (`Ops`).
+    batch): a pair `(mean, variance)`, or one tensor with both stacked on a
+    new first axis (a kernel's buffer, taken as it is). The variance is
+    biased, or carries Bessel's correction with `corrected` (as the kernels
+    return it; a Python int `count` only). Only the channels whose statistics
+    are usable move; the others keep their moving statistics exactly, so one
+    bad batch cannot poison inference. `xp` gives the primitives (`Ops`).
     """
     check_count(count, spec.unbiased_variance)
     if isinstance(count, int) and count == 0:
@@ -239,7 +229,9 @@ def _assign_averages(variables, values, momentum, usable, xp):
         current = xp.cast(variables[0], values.dtype)
     else:
         current = xp.stack([xp.cast(variable, values.dtype) for variable in variables])
-    new = xp.average(current, xp.reshape(values, stacked), momentum)
+    # Plain operators, which every backend's tensors take (a one-launch
+    # `torch.lerp` would round differently from the reference path).
+    new = current * momentum + xp.reshape(values, stacked) * (1.0 - momentum)
     new = xp.where(usable, new, current)
     if len(variables) == 1:
         xp.assign(variables[0], new)
